@@ -16,5 +16,7 @@
 #include "lagkv/view.hpp"
 #include "lagkv/npy.hpp"
 #include "lagkv/score/lagkv.hpp"
+#include "lagkv/score/l2norm.hpp"
 #include "lagkv/select.hpp"
 #include "lagkv/compact.hpp"
+#include "lagkv/simd/dispatch.hpp"
