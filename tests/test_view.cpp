@@ -85,3 +85,30 @@ TEST(View, BadArgumentsNameTheParameter) {
 }
 
 }  // namespace
+
+#include <lagkv/eigen.hpp>
+
+namespace {
+
+TEST(EigenInterop, MapsStridedAndTransposedViewsWithoutCopying) {
+  const lagkv::index_t H = 2, D = 3, cap = 5;
+  std::vector<float> buf(H * D * cap);
+  std::iota(buf.begin(), buf.end(), 0.0f);
+  const auto v = lagkv::view_hds<const float>(buf.data(), H, D, cap, 1, 4);
+  const auto m = lagkv::as_eigen(v);
+  ASSERT_EQ(m.rows(), 4);
+  ASSERT_EQ(m.cols(), 3);
+  for (lagkv::index_t t = 0; t < 4; ++t)
+    for (lagkv::index_t c = 0; c < D; ++c) EXPECT_EQ(&m.coeffRef(t, c), &v(t, c));
+  const Eigen::VectorXf q = Eigen::VectorXf::Ones(3);
+  const Eigen::VectorXf logits = m * q;  // what an engine does: K q
+  EXPECT_EQ(logits(2), v(2, 0) + v(2, 1) + v(2, 2));
+}
+
+TEST(EigenInterop, PagedViewIsRejected) {
+  std::vector<float> pool(16);
+  const std::int32_t table[] = {0};
+  EXPECT_THROW(lagkv::as_eigen(lagkv::view_paged(pool.data(), table, 4, 1, 4, 0, 3)), lagkv::error);
+}
+
+}  // namespace

@@ -15,6 +15,7 @@
 #include "lagkv/dtype.hpp"
 #include "lagkv/view.hpp"
 #include "lagkv/npy.hpp"
+#include "lagkv/eigen.hpp"
 #include "lagkv/score/lagkv.hpp"
 #include "lagkv/score/l2norm.hpp"
 #include "lagkv/select.hpp"

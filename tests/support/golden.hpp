@@ -3,6 +3,7 @@
 #include <lagkv/npy.hpp>
 #include <lagkv/score/lagkv.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -31,12 +32,16 @@ struct golden_case {
 
 inline std::string golden_root() { return std::string(LAGKV_GOLDEN_DIR) + "/lagkv"; }
 
-/// Names of all golden cases (sorted), empty when the directory is missing.
-inline std::vector<std::string> golden_case_names() {
+/// Names of the golden cases (sorted) whose expected.json has this `kind` ("score",
+/// "trajectory"; empty = all). Empty when the directory is missing.
+inline std::vector<std::string> golden_case_names(const std::string& kind = "") {
   std::vector<std::string> names;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(golden_root(), ec))
-    if (e.is_directory()) names.push_back(e.path().filename().string());
+  for (const auto& e : std::filesystem::directory_iterator(golden_root(), ec)) {
+    if (!e.is_directory()) continue;
+    if (!kind.empty() && json::parse_file(e.path().string() + "/expected.json")["kind"].str != kind) continue;
+    names.push_back(e.path().filename().string());
+  }
   std::sort(names.begin(), names.end());
   return names;
 }
