@@ -16,3 +16,10 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLAGKV_SANI
       -DLAGKV_BUILD_BENCHMARKS=OFF >/dev/null
 cmake --build build-asan -j "$jobs"
 ctest --test-dir build-asan -j "$jobs" --output-on-failure --timeout 900
+
+echo "== Fuzzers (clang libFuzzer + ASan/UBSan), ${LAGKV_FUZZ_SECONDS:-60} s each"
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DLAGKV_BUILD_FUZZERS=ON -DLAGKV_BUILD_TESTS=OFF -DLAGKV_BUILD_BENCHMARKS=OFF -DLAGKV_BUILD_EXAMPLES=OFF \
+      -DLAGKV_FUZZ_SECONDS="${LAGKV_FUZZ_SECONDS:-60}" >/dev/null
+cmake --build build-fuzz -j "$jobs"
+ctest --test-dir build-fuzz -j "$jobs" --output-on-failure
