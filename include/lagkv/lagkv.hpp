@@ -20,4 +20,5 @@
 #include "lagkv/score/l2norm.hpp"
 #include "lagkv/select.hpp"
 #include "lagkv/compact.hpp"
+#include "lagkv/rope.hpp"
 #include "lagkv/simd/dispatch.hpp"
