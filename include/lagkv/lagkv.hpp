@@ -8,7 +8,9 @@
 ///   compact  in-place gather of kept rows                -> the shrunk cache
 ///
 /// Macros:
-///   (none yet)
+///   LAGKV_NO_SIMD   define before including: build the portable scalar kernels only (no x86
+///                   target regions, no NEON). Run time: LAGKV_SIMD=scalar|avx2|avx512|neon picks
+///                   a target (see simd/dispatch.hpp).
 
 #include "lagkv/version.hpp"
 #include "lagkv/error.hpp"
@@ -22,3 +24,13 @@
 #include "lagkv/compact.hpp"
 #include "lagkv/rope.hpp"
 #include "lagkv/simd/dispatch.hpp"
+#include "lagkv/executor.hpp"
+#include "lagkv/policy/policy.hpp"
+#include "lagkv/policy/budget.hpp"
+#include "lagkv/policy/lagkv.hpp"
+#include "lagkv/policy/l2norm.hpp"
+#include "lagkv/policy/h2o.hpp"
+#include "lagkv/policy/streaming.hpp"
+#include "lagkv/policy/random.hpp"
+#include "lagkv/policy/any.hpp"
+#include "lagkv/cache.hpp"

@@ -1,0 +1,85 @@
+#pragma once
+/// \file policy/lagkv.hpp
+/// \brief LagKV eviction (Liang et al., "LagKV: Lag-Relative Information of the KV Cache Tells
+/// Which Tokens Are Important", arXiv 2504.04704) with the authors' schedule.
+///
+/// Per head, the first `sink` slots are never evicted and a prefix of already-compressed slots
+/// follows them (initially empty). Whenever a head holds `compressed + 2*lag` slots or more,
+/// every complete chunk of `lag` slots after the compressed prefix except the last is scored
+/// against the chunk after it (score/lagkv.hpp) and keeps its floor(ratio*lag) best slots; the
+/// last full chunk plus the remainder is the tail, kept as is. Compressed slots are never
+/// rescored. Defaults are the authors': sink 16, lag 1024, ratio 0.5, score_v_ratio 1.
+/// This reproduces the golden trajectories in ../shared/golden/lagkv exactly.
+
+#include <vector>
+
+#include "lagkv/policy/policy.hpp"
+#include "lagkv/score/lagkv.hpp"
+#include "lagkv/simd/dispatch.hpp"
+
+namespace lagkv {
+
+/// \brief LagKV's chunk schedule for one head: what to compress when it holds `length` slots
+/// of which [0, compressed) are sink + already-compressed slots.
+inline compress_plan lagkv_chunk_plan(index_t length, index_t compressed, index_t lag, index_t keep) noexcept {
+  compress_plan plan;
+  if (length >= compressed + 2 * lag) {
+    plan.begin = compressed;
+    plan.chunks = (length - compressed) / lag - 1;
+    plan.chunk = lag;
+    plan.keep = keep;
+  }
+  return plan;
+}
+
+/// \brief The LagKV policy (see file comment). Per-head state: the compressed prefix length.
+class lagkv_policy : public policy_base {
+ public:
+  static constexpr const char* kName = "lagkv";
+
+  /// \throws lagkv::error when `params` are invalid (lag >= 2, ratio in (0, 1], sink >= 0).
+  explicit lagkv_policy(const lagkv_params& params = {}) : p_(params) { p_.validate(); }
+
+  const lagkv_params& params() const { return p_; }
+
+  /// \throws lagkv::error for head_dim < 2 (std over channels needs two).
+  void validate(const cache_shape& s) const {
+    p_.validate();
+    check_lagkv_head_dim(s.head_dim);
+  }
+  void bind(const cache_shape& s, index_t /*layer*/) {
+    compressed_.assign(static_cast<std::size_t>(s.kv_heads), p_.sink);
+  }
+
+  void plan(const layer_info& layer, compress_reason, layer_plan& out) const noexcept {
+    const index_t keep = p_.keep_per_chunk();
+    for (index_t h = 0; h < layer.kv_heads; ++h)
+      out.heads[h] = lagkv_chunk_plan(layer.lengths[h], compressed_[static_cast<std::size_t>(h)], p_.lag, keep);
+  }
+
+  /// Chunk c is scored against the `lag` slots that follow it (its lag reference).
+  template <class T>
+  void score(const head_data<T>& head, const compress_plan& plan, index_t c, score_t* out) const noexcept {
+    const index_t start = plan.begin + c * plan.chunk;
+    kv_view<const T> v_chunk, v_ref;
+    if (p_.score_v_ratio != 0.0) {
+      v_chunk = head.values.slice(start, p_.lag);
+      v_ref = head.values.slice(start + p_.lag, p_.lag);
+    }
+    dispatch::lagkv_chunk_scores<T>(head.keys.slice(start, p_.lag), head.keys.slice(start + p_.lag, p_.lag), v_chunk,
+                                    v_ref, p_.score_v_ratio, out);
+  }
+
+  void on_compact(index_t head, const compaction& c) noexcept {
+    compressed_[static_cast<std::size_t>(head)] = c.begin + c.kept_count;
+  }
+
+  /// Sink + compressed prefix of `head` (slots never rescored).
+  index_t compressed(index_t head) const { return compressed_[static_cast<std::size_t>(head)]; }
+
+ private:
+  lagkv_params p_;
+  std::vector<index_t> compressed_;  // [kv_heads]
+};
+
+}  // namespace lagkv
