@@ -154,7 +154,8 @@ inline void minmax_row(const T* row, index_t head_dim, void* state) {
 }
 
 template <class T>
-void fused_rows(const T* const* srows, index_t ns, const T* const* mrows, index_t nm, index_t head_dim,
+void fused_rows(const T* const* srows, index_t ns, const T* const* mrows, index_t nm, index_t /*nm_prefetch*/,
+                index_t head_dim,
                 const float* lo, const float* inv, const float* /*bias*/, void* mm_state, float* out_std,
                 float* ubuf) {
   const index_t n = ns > nm ? ns : nm;

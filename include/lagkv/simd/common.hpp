@@ -10,6 +10,7 @@
 /// unsigned of each lane), which needs no conversion, treats all dtypes alike and sees NaN for
 /// free: a NaN's pattern lies beyond the infinity's, so it shows up as an extreme key.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -98,12 +99,11 @@ void mm_init(void* state, index_t head_dim) {
   S* smin = smax + n;
   U* umax = reinterpret_cast<U*>(smin + n);
   U* umin = umax + n;
-  for (index_t c = 0; c < n; ++c) {
-    smax[c] = std::numeric_limits<S>::min();
-    smin[c] = std::numeric_limits<S>::max();
-    umax[c] = 0;
-    umin[c] = std::numeric_limits<U>::max();
-  }
+  // One loop per tracker: S and U may alias, so a fused loop would not vectorise (runs per chunk).
+  std::fill(smax, smax + n, std::numeric_limits<S>::min());
+  std::fill(smin, smin + n, std::numeric_limits<S>::max());
+  std::fill(umax, umax + n, U{0});
+  std::fill(umin, umin + n, std::numeric_limits<U>::max());
 }
 
 /// Portable accumulation of `n` rows into a min/max state (the scalar target, and tails).
@@ -200,11 +200,12 @@ struct kernel_set {
   index_t (*kernel_channel)(index_t pos, index_t head_dim);
   /// For the `ns` rows of `srows`: out_std[t] = unbiased std over channels of
   /// (x - lo) * inv; fused with the min/max of the `nm` rows of `mrows` into `mm_state`.
+  /// mrows[nm, nm_prefetch) are rows that come next (the following chunk): prefetch only.
   /// `bias` (kernel order, or nullptr) is -lo*inv - 0.5, given only when every |bias| <= 2.
   /// `ubuf` is scratch of 4 * kernel_dim floats, 64-byte aligned.
-  void (*fused_rows)(const T* const* srows, index_t ns, const T* const* mrows, index_t nm, index_t head_dim,
-                     const float* lo, const float* inv, const float* bias, void* mm_state, float* out_std,
-                     float* ubuf);
+  void (*fused_rows)(const T* const* srows, index_t ns, const T* const* mrows, index_t nm, index_t nm_prefetch,
+                     index_t head_dim, const float* lo, const float* inv, const float* bias, void* mm_state,
+                     float* out_std, float* ubuf);
   /// From a finished min/max state: max_out/min_out (natural order, mm_lanes(head_dim) elements,
   /// padding lanes unspecified), and in kernel order lo, inv = 1/(hi - lo) or 0, bias =
   /// -lo*inv - 0.5 (padding positions 0). Returns kRef* flags.

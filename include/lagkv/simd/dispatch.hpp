@@ -28,6 +28,7 @@
 #include <cfloat>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -308,6 +309,17 @@ void exact_ref(index_t d, workspace& ws) {
   }
 }
 
+/// True when no entry is Inf or NaN; a branch-free pass over the bits, which vectorises.
+inline bool all_finite(const float* s, index_t n) {
+  std::uint32_t bad = 0;
+  for (index_t i = 0; i < n; ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, s + i, sizeof u);
+    bad |= static_cast<std::uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
 /// Turns the stds of one scored chunk (ws.stds) into softmax probabilities in `out` (or adds
 /// w * p), applying the oracle's semantics where float could not.
 template <class T>
@@ -318,7 +330,7 @@ void finish_chunk(const target_kernels& tk, const kv_view<const T>& chunk, const
   bool exact = !rs.f32_safe;
   if (rs.poisoned) {
     std::fill(s, s + n, NAN);
-  } else if (!exact) {
+  } else if (!exact && !all_finite(s, n)) {
     bool have_exact_ref = false;
     for (index_t t = 0; t < n && !exact; ++t) {
       if (std::isfinite(s[t])) continue;
@@ -356,11 +368,11 @@ void score_one_chunk(const target_kernels& tk, const kv_view<const T>& chunk, co
   float* ubuf = ws.ubuf(4 * ks.kernel_dim(d));
   ws.stds.resize(static_cast<std::size_t>(n));
   mm_init<T>(mm, d);
-  ks.fused_rows(nullptr, 0, rows_of(ref, 0, ref.tokens(), rb[1]), ref.tokens(), d, nullptr, nullptr, nullptr, mm,
-                nullptr, ubuf);
+  ks.fused_rows(nullptr, 0, rows_of(ref, 0, ref.tokens(), rb[1]), ref.tokens(), ref.tokens(), d, nullptr, nullptr,
+                nullptr, mm, nullptr, ubuf);
   const ref_summary rs = prepare_ref<T>(ks, mm, d, ws);
   const T* const* srows = rows_of(chunk, 0, n, rb[0]);
-  ks.fused_rows(srows, n, nullptr, 0, d, ws.lo.data(), ws.inv.data(), rs.small_bias ? ws.bias.data() : nullptr, mm,
+  ks.fused_rows(srows, n, nullptr, 0, 0, d, ws.lo.data(), ws.inv.data(), rs.small_bias ? ws.bias.data() : nullptr, mm,
                 ws.stds.data(), ubuf);
   finish_chunk<T>(tk, chunk, ref, srows, rs, ws, w, accumulate, out);
 }
@@ -384,15 +396,17 @@ void sweep(const target_kernels& tk, const kv_view<const T>& x, index_t lag, ind
   float* ubuf = ws.ubuf(4 * ks.kernel_dim(d));
   ws.stds.resize(static_cast<std::size_t>(lag));
   mm_init<T>(cur, d);
-  ks.fused_rows(nullptr, 0, rows_of(x, lag, lag, rb[1]), lag, d, nullptr, nullptr, nullptr, cur, nullptr, ubuf);
+  ks.fused_rows(nullptr, 0, rows_of(x, lag, lag, rb[1]), lag, lag, d, nullptr, nullptr, nullptr, cur, nullptr, ubuf);
+  constexpr index_t kAhead = 16;  // row pointers of the following chunk, for the kernels' prefetch
   for (index_t c = 0; c < chunks; ++c) {
     const ref_summary rs = prepare_ref<T>(ks, cur, d, ws);
     const bool has_next = c + 2 <= chunks;
     if (has_next) mm_init<T>(next, d);
     const T* const* srows = rows_of(x, c * lag, lag, rb[0]);
-    const T* const* mrows = has_next ? rows_of(x, (c + 2) * lag, lag, rb[1]) : nullptr;
-    ks.fused_rows(srows, lag, mrows, has_next ? lag : 0, d, ws.lo.data(), ws.inv.data(),
-                  rs.small_bias ? ws.bias.data() : nullptr, next, ws.stds.data(), ubuf);
+    const index_t ahead = has_next ? std::min(kAhead, x.tokens() - (c + 3) * lag) : 0;
+    const T* const* mrows = has_next ? rows_of(x, (c + 2) * lag, lag + std::max<index_t>(ahead, 0), rb[1]) : nullptr;
+    ks.fused_rows(srows, lag, mrows, has_next ? lag : 0, has_next ? lag + std::max<index_t>(ahead, 0) : 0, d,
+                  ws.lo.data(), ws.inv.data(), rs.small_bias ? ws.bias.data() : nullptr, next, ws.stds.data(), ubuf);
     finish_chunk<T>(tk, x.slice(c * lag, lag), x.slice((c + 1) * lag, lag), srows, rs, ws, w, accumulate,
                     out + c * lag);
     std::swap(cur, next);

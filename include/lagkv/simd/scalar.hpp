@@ -17,7 +17,8 @@ namespace simd {
 namespace scalar {
 
 template <class T>
-void fused_rows(const T* const* srows, index_t ns, const T* const* mrows, index_t nm, index_t head_dim,
+void fused_rows(const T* const* srows, index_t ns, const T* const* mrows, index_t nm, index_t /*nm_prefetch*/,
+                index_t head_dim,
                 const float* lo, const float* inv, const float* /*bias*/, void* mm_state, float* out_std,
                 float* ubuf) {
   const double inv_n = 1.0 / static_cast<double>(head_dim);
