@@ -144,6 +144,8 @@ std::vector<cli_case> cli_cases() {
   out.push_back({"l2norm", c, "--sink 2 --window 6 --budget 30"});
   c.interval = 4;
   out.push_back({"l2norm_every_4_steps", c, "--sink 2 --window 6 --budget 30 --interval 4"});
+  c = {}, c.policy = "l2norm", c.sink = 2, c.window = 4, c.ratio = 0.5;  // score keeps floor(S*R) = 60
+  out.push_back({"l2norm_ratio", c, "--ratio 0.5 --sink 2 --window 4"});
   c = {}, c.policy = "h2o", c.sink = 1, c.window = 5, c.budget = 24;
   out.push_back({"h2o", c, "--sink 1 --window 5 --budget 24"});
   out.push_back({"h2o_bf16", c, "--sink 1 --window 5 --budget 24", lagkv::dtype::bf16});
@@ -151,6 +153,8 @@ std::vector<cli_case> cli_cases() {
   out.push_back({"streaming", c, "--sink 3 --window 17"});
   c = {}, c.policy = "random", c.sink = 0, c.window = 0, c.budget = 33, c.seed = 12;
   out.push_back({"random", c, "--budget 33 --seed 12"});
+  c.budget = 0, c.ratio = 0.3, c.seed = 5;
+  out.push_back({"random_ratio", c, "--ratio 0.3 --seed 5"});
   return out;
 }
 

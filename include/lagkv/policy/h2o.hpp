@@ -163,13 +163,19 @@ class h2o_policy : public policy_base {
                         Row&& row) noexcept {
     if (p_.reduce == gqa_reduce::max)
       for (index_t s = 0; s < visible; ++s) agg_[static_cast<std::size_t>(s)] = 0.0;
+    double* agg = agg_.data();
     for (index_t j = kv_head * group; j < (kv_head + 1) * group; ++j) {
       const float* p = row(j);
-      for (index_t s = 0; s < visible; ++s) {
-        const double x = p[s];
-        if (p_.reduce == gqa_reduce::sum) acc[s] += x;
-        if (p_.reduce == gqa_reduce::mean) acc[s] += x / static_cast<double>(group);
-        if (p_.reduce == gqa_reduce::max) agg_[static_cast<std::size_t>(s)] = std::fmax(agg_[static_cast<std::size_t>(s)], x);
+      switch (p_.reduce) {  // outside the slot loop, so each loop vectorises
+        case gqa_reduce::sum:
+          for (index_t s = 0; s < visible; ++s) acc[s] += static_cast<double>(p[s]);
+          break;
+        case gqa_reduce::mean:
+          for (index_t s = 0; s < visible; ++s) acc[s] += static_cast<double>(p[s]) / static_cast<double>(group);
+          break;
+        case gqa_reduce::max:
+          for (index_t s = 0; s < visible; ++s) agg[s] = std::fmax(agg[s], static_cast<double>(p[s]));
+          break;
       }
     }
     if (p_.reduce == gqa_reduce::max)

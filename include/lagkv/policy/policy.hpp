@@ -37,12 +37,14 @@
 ///   void bind(const lagkv::cache_shape&, lagkv::index_t layer);   // allocate per-head state; may throw
 ///   void validate_append(const lagkv::layer_info&, lagkv::index_t tokens,
 ///                        const lagkv::append_extras&) const;      // throw if an append lacks inputs
+///                                                                 // (layer.lengths: before the append)
 ///   template <class T>
 ///   void on_append(const lagkv::head_data<T>&, lagkv::index_t first, lagkv::index_t count,
 ///                  const lagkv::append_extras&) noexcept;         // new slots [first, first+count)
 ///   void on_compact(lagkv::index_t head, const lagkv::compaction&) noexcept;  // move per-slot state
 ///   bool shares_heads() const;   // true: plans may use layer_plan::shared_keep (AdaKV budgets)
-///   static constexpr bool kScoresTokens = true;  // false: score() is never called (keep is 0)
+///   static constexpr bool kScoresTokens = true;  // false: score() is never called; a chunk keeps
+///                                                // its first `keep` slots (StreamingLLM: keep 0)
 /// };
 /// \endcode
 ///
