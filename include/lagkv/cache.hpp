@@ -642,8 +642,7 @@ class kv_cache {
       std::fill(out, out + p.chunks * p.chunk, score_t{0});
       return;
     }
-    const head_data<T> d = head_of(layer, head);
-    for (index_t c = 0; c < p.chunks; ++c) rt.policy.score(d, p, c, out + c * p.chunk);
+    policy_ops::score_region<T>(rt.policy, head_of(layer, head), p, out);
   }
 
   // Each head already has its guaranteed `taken` best; give `extra` more to the best remaining

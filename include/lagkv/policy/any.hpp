@@ -77,6 +77,10 @@ class any_policy {
     impl_->score(h, p, c, out);
   }
   template <class T>
+  void score_region(const head_data<T>& h, const compress_plan& p, score_t* out) const noexcept {
+    impl_->score_region(h, p, out);
+  }
+  template <class T>
   void on_append(const head_data<T>& h, index_t first, index_t count, const append_extras& x) noexcept {
     impl_->on_append(h, first, count, x);
   }
@@ -100,6 +104,9 @@ class any_policy {
     virtual void score(const head_data<float>&, const compress_plan&, index_t, score_t*) const noexcept = 0;
     virtual void score(const head_data<f16>&, const compress_plan&, index_t, score_t*) const noexcept = 0;
     virtual void score(const head_data<bf16>&, const compress_plan&, index_t, score_t*) const noexcept = 0;
+    virtual void score_region(const head_data<float>&, const compress_plan&, score_t*) const noexcept = 0;
+    virtual void score_region(const head_data<f16>&, const compress_plan&, score_t*) const noexcept = 0;
+    virtual void score_region(const head_data<bf16>&, const compress_plan&, score_t*) const noexcept = 0;
     virtual void on_append(const head_data<float>&, index_t, index_t, const append_extras&) noexcept = 0;
     virtual void on_append(const head_data<f16>&, index_t, index_t, const append_extras&) noexcept = 0;
     virtual void on_append(const head_data<bf16>&, index_t, index_t, const append_extras&) noexcept = 0;
@@ -136,6 +143,15 @@ class any_policy {
     }
     void score(const head_data<bf16>& h, const compress_plan& p, index_t c, score_t* o) const noexcept override {
       policy.score(h, p, c, o);
+    }
+    void score_region(const head_data<float>& h, const compress_plan& p, score_t* o) const noexcept override {
+      policy_ops::score_region<float>(policy, h, p, o);
+    }
+    void score_region(const head_data<f16>& h, const compress_plan& p, score_t* o) const noexcept override {
+      policy_ops::score_region<f16>(policy, h, p, o);
+    }
+    void score_region(const head_data<bf16>& h, const compress_plan& p, score_t* o) const noexcept override {
+      policy_ops::score_region<bf16>(policy, h, p, o);
     }
     void on_append(const head_data<float>& h, index_t f, index_t n, const append_extras& x) noexcept override {
       policy_ops::on_append<float>(policy, h, f, n, x);

@@ -48,7 +48,11 @@ class l2norm_policy : public policy_base {
   explicit l2norm_policy(const l2norm_params& params = {}) : p_(params) { p_.validate(); }
   const l2norm_params& params() const { return p_; }
 
-  void validate(const cache_shape&) const { p_.validate(); }
+  /// Also resolves the SIMD target (a bad LAGKV_SIMD throws here, not in the noexcept phase).
+  void validate(const cache_shape&) const {
+    p_.validate();
+    (void)simd::active_target();
+  }
   void bind(const cache_shape&, index_t layer) { skipped_ = detail::contains(p_.skip_layers, layer); }
   bool shares_heads() const { return p_.share_heads; }
 
@@ -96,7 +100,11 @@ class l2norm_chunked_policy : public policy_base {
   explicit l2norm_chunked_policy(const l2norm_chunked_params& params = {}) : p_(params) { p_.validate(); }
   const l2norm_chunked_params& params() const { return p_; }
 
-  void validate(const cache_shape&) const { p_.validate(); }
+  /// Also resolves the SIMD target (a bad LAGKV_SIMD throws here, not in the noexcept phase).
+  void validate(const cache_shape&) const {
+    p_.validate();
+    (void)simd::active_target();
+  }
   void bind(const cache_shape& s, index_t layer) {
     skipped_ = detail::contains(p_.skip_layers, layer);
     compressed_.assign(static_cast<std::size_t>(s.kv_heads), p_.sink);

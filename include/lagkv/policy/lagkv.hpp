@@ -43,9 +43,12 @@ class lagkv_policy : public policy_base {
   const lagkv_params& params() const { return p_; }
 
   /// \throws lagkv::error for head_dim < 2 (std over channels needs two).
+  /// \throws lagkv::error for a bad LAGKV_SIMD too: the kernel choice is resolved here, before
+  /// the cache mutates, because scoring runs inside the cache's noexcept compaction phase.
   void validate(const cache_shape& s) const {
     p_.validate();
     check_lagkv_head_dim(s.head_dim);
+    (void)simd::active_target();
   }
   void bind(const cache_shape& s, index_t /*layer*/) {
     compressed_.assign(static_cast<std::size_t>(s.kv_heads), p_.sink);
@@ -68,6 +71,16 @@ class lagkv_policy : public policy_base {
     }
     dispatch::lagkv_chunk_scores<T>(head.keys.slice(start, p_.lag), head.keys.slice(start + p_.lag, p_.lag), v_chunk,
                                     v_ref, p_.score_v_ratio, out);
+  }
+
+  /// All chunks of the plan in one sweep: chunk c+1's min/max is taken while it is being scored
+  /// as a reference and is still in cache, so each slot comes from memory once.
+  template <class T>
+  void score_region(const head_data<T>& head, const compress_plan& plan, score_t* out) const noexcept {
+    const index_t span = (plan.chunks + 1) * p_.lag;
+    const kv_view<const T> values = p_.score_v_ratio != 0.0 ? head.values.slice(plan.begin, span) : kv_view<const T>();
+    dispatch::lagkv_sequence_scores<T>(head.keys.slice(plan.begin, span), values, p_.lag, plan.chunks,
+                                       p_.score_v_ratio, out);
   }
 
   void on_compact(index_t head, const compaction& c) noexcept {

@@ -42,6 +42,10 @@
 ///   void on_append(const lagkv::head_data<T>&, lagkv::index_t first, lagkv::index_t count,
 ///                  const lagkv::append_extras&) noexcept;         // new slots [first, first+count)
 ///   void on_compact(lagkv::index_t head, const lagkv::compaction&) noexcept;  // move per-slot state
+///   template <class T>
+///   void score_region(const lagkv::head_data<T>&, const lagkv::compress_plan&,
+///                     lagkv::score_t* out) const;  // all chunks at once, out[c*chunk + i]; lets
+///                                                  // LagKV read each chunk from memory once
 ///   bool shares_heads() const;   // true: plans may use layer_plan::shared_keep (AdaKV budgets)
 ///   static constexpr bool kScoresTokens = true;  // false: score() is never called; a chunk keeps
 ///                                                // its first `keep` slots (StreamingLLM: keep 0)
@@ -249,6 +253,14 @@ struct has_on_append<P, T,
                                                                        index_t{}, std::declval<const append_extras&>()))>>
     : std::true_type {};
 
+template <class P, class T, class = void>
+struct has_score_region : std::false_type {};
+template <class P, class T>
+struct has_score_region<P, T,
+                        std::void_t<decltype(std::declval<const P&>().score_region(
+                            std::declval<const head_data<T>&>(), std::declval<const compress_plan&>(),
+                            static_cast<score_t*>(nullptr)))>> : std::true_type {};
+
 template <class P, class = void>
 struct has_on_compact : std::false_type {};
 template <class P>
@@ -329,6 +341,16 @@ void validate_append(const P& p, const layer_info& l, index_t tokens, const appe
 template <class T, class P>
 void on_append(P& p, const head_data<T>& h, index_t first, index_t count, const append_extras& x) noexcept {
   if constexpr (policy_traits::has_on_append<P, T>::value) p.on_append(h, first, count, x);
+}
+/// Scores of every chunk of `plan`: the policy's score_region when it has one (one pass over
+/// the region), else score() chunk by chunk.
+template <class T, class P>
+void score_region(const P& p, const head_data<T>& h, const compress_plan& plan, score_t* out) noexcept {
+  if constexpr (policy_traits::has_score_region<P, T>::value) {
+    p.score_region(h, plan, out);
+  } else {
+    for (index_t c = 0; c < plan.chunks; ++c) p.score(h, plan, c, out + c * plan.chunk);
+  }
 }
 template <class P>
 void on_compact(P& p, index_t head, const compaction& c) noexcept {
