@@ -34,3 +34,6 @@
 #include "lagkv/policy/random.hpp"
 #include "lagkv/policy/any.hpp"
 #include "lagkv/cache.hpp"
+#include "lagkv/paged.hpp"
+#include "lagkv/q8_0.hpp"
+#include "lagkv/simd/q8_0_dispatch.hpp"

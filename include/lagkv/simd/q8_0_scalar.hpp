@@ -1,0 +1,108 @@
+#pragma once
+/// \file simd/q8_0_scalar.hpp
+/// \brief The row kernel q8_0 scoring is built from (q8_kernel_set), and its portable target.
+///
+/// LagKV scores chunk j against the per-channel min/max of chunk j+1. Walking the chunks from
+/// the last one backwards, that reference is finished before chunk j is read, so one kernel
+/// reads each q8_0 row once, dequantises it once (d*q, exact in float) and in the same
+/// registers both scores it and folds it into chunk j's own min/max (the reference of chunk
+/// j-1, next). No dequantised copy of anything is kept. The chunk/sequence logic, fallbacks and
+/// softmax live once in simd/q8_0_dispatch.hpp; the x86 targets are in simd/q8_0_x86.hpp.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "lagkv/dtype.hpp"
+#include "lagkv/q8_0.hpp"
+
+namespace lagkv {
+namespace simd {
+namespace q8 {
+
+/// \brief The row kernels of one target. Rows are `nb` = head_dim/32 adjacent q8_0 blocks.
+struct q8_kernel_set {
+  /// For rows[0..n): when `out` is given, out[t] = unbiased std over channels of
+  /// z = (d*q - lo)*inv - 0.5, as fma(d*q, inv, bias) when `bias` (-lo*inv - 0.5, every
+  /// |bias| <= 2) is given; a target may use the one-pass form and write -1 where it is
+  /// ill-conditioned (the caller redoes those rows in two passes). When `mn` is given, folds the
+  /// values into the per-channel min/max mn/mx (head_dim floats each, updated in place).
+  /// Returns true when some row has an Inf/NaN scale (its out[] and mn/mx are then unspecified).
+  bool (*score_rows)(const block_q8_0* const* rows, index_t n, index_t nb, const float* lo, const float* inv,
+                     const float* bias, float* out, float* mn, float* mx);
+  /// out[t] = -sqrt(sum over channels of (d*q)^2), in float (non-finite where a scale is).
+  void (*l2_rows)(const block_q8_0* const* rows, index_t n, index_t nb, float* out);
+};
+
+/// A block's scale as float, exact (dtype.hpp's to_float), through integer ops for normal
+/// numbers so vector targets do not spend vector instructions on it; flags Inf/NaN in `bad`.
+inline float scale_of(const block_q8_0& b, unsigned& bad) {
+  const std::uint32_t h = b.d.bits, e = h & 0x7c00u;
+  if (e == 0 || e == 0x7c00u) {  // zero, denormal, Inf, NaN: the reference conversion
+    bad |= static_cast<unsigned>(e == 0x7c00u);
+    return to_float(b.d);
+  }
+  const std::uint32_t u = ((h & 0x8000u) << 16) | (((h & 0x7fffu) << 13) + (112u << 23));
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+namespace scalar {
+
+/// Two passes in double (mean, then squared deviations): the most accurate target, never -1.
+inline bool score_rows(const block_q8_0* const* rows, index_t n, index_t nb, const float* lo, const float* inv,
+                       const float* /*bias*/, float* out, float* mn, float* mx) {
+  unsigned bad = 0;
+  const index_t dim = nb * kQ8BlockValues;
+  float x[kQ8BlockValues];
+  for (index_t t = 0; t < n; ++t) {
+    double sum = 0.0;
+    for (index_t b = 0; b < nb; ++b) {
+      const block_q8_0& blk = rows[t][b];
+      const float d = scale_of(blk, bad);
+      for (index_t j = 0; j < kQ8BlockValues; ++j) {
+        const index_t c = b * kQ8BlockValues + j;
+        x[j] = d * static_cast<float>(blk.qs[j]);
+        if (mn != nullptr) {
+          mn[c] = x[j] < mn[c] ? x[j] : mn[c];
+          mx[c] = x[j] > mx[c] ? x[j] : mx[c];
+        }
+        if (out != nullptr) sum += (static_cast<double>(x[j]) - lo[c]) * inv[c];
+      }
+    }
+    if (out == nullptr) continue;
+    const double mean = sum / static_cast<double>(dim);
+    double ss = 0.0;
+    for (index_t c = 0; c < dim; ++c) {
+      const double dev =
+          (static_cast<double>(dequantize_value(rows[t][c / kQ8BlockValues], c % kQ8BlockValues)) - lo[c]) * inv[c] -
+          mean;
+      ss += dev * dev;
+    }
+    out[t] = static_cast<float>(std::sqrt(ss / static_cast<double>(dim - 1)));
+  }
+  return bad != 0;
+}
+
+inline void l2_rows(const block_q8_0* const* rows, index_t n, index_t nb, float* out) {
+  for (index_t t = 0; t < n; ++t) {
+    double ss = 0.0;
+    for (index_t b = 0; b < nb; ++b) {
+      const block_q8_0& blk = rows[t][b];
+      std::int32_t qq = 0;  // <= 32 * 128^2: exact
+      for (index_t j = 0; j < kQ8BlockValues; ++j) qq += blk.qs[j] * blk.qs[j];
+      const double d = to_float(blk.d);
+      ss += d * d * qq;
+    }
+    out[t] = static_cast<float>(-std::sqrt(ss));
+  }
+}
+
+/// The portable target's table.
+inline constexpr q8_kernel_set kKernels{&score_rows, &l2_rows};
+
+}  // namespace scalar
+}  // namespace q8
+}  // namespace simd
+}  // namespace lagkv
