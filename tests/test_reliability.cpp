@@ -1,0 +1,1014 @@
+// Reliability: the bad-input contract (every row of the table in docs/reliability.md is a case
+// here, asserting the exact message; a test keeps the document and the cases identical),
+// resource bounds (guard regions around and inside engine memory, capacity overflow,
+// allocation failure), and the replay of every fuzzer seed and finding (tests/fuzz/corpus).
+//
+// Regenerate the document's table after changing a case:
+//   LAGKV_PRINT_CONTRACT_TABLE=1 build/tests/test_reliability --gtest_filter='ContractDocument.*'
+#include <gtest/gtest.h>
+#include <lagkv/cache.hpp>
+#include <lagkv/executor.hpp>
+#include <lagkv/npy.hpp>
+#include <lagkv/select.hpp>
+#include <lagkv/simd/dispatch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <limits>
+#include <new>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/cache_fuzz.hpp"
+#include "support/plain_cache.hpp"
+#include "support/simd_fuzz.hpp"
+
+// ---- Allocation failure injection ---------------------------------------------------------------
+// The whole binary allocates through these. Disarmed they are malloc/free; armed they throw
+// std::bad_alloc for a request above `limit` or at the `countdown`-th allocation. (Under ASan a
+// failed operator new is a fatal report rather than std::bad_alloc, hence our own.)
+namespace alloc_control {
+std::atomic<std::size_t> limit{std::numeric_limits<std::size_t>::max()};
+std::atomic<long> countdown{-1};  // >= 0: that many allocations succeed, the next one fails
+std::atomic<long> allocations{0};
+
+void disarm() {
+  limit = std::numeric_limits<std::size_t>::max();
+  countdown = -1;
+}
+}  // namespace alloc_control
+
+void* operator new(std::size_t n) {
+  if (n > alloc_control::limit.load(std::memory_order_relaxed)) throw std::bad_alloc();
+  if (alloc_control::countdown.load(std::memory_order_relaxed) >= 0 && alloc_control::countdown.fetch_sub(1) == 0)
+    throw std::bad_alloc();
+  alloc_control::allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return ::operator new(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {  // std::stable_sort's buffer
+  try {
+    return ::operator new(n);
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return ::operator new(n, t); }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"  // these operators are the malloc pair
+#endif
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+namespace {
+
+using lagkv::index_t;
+
+/// Arms the injection for one scope (the test's own assertions run disarmed).
+struct failing_allocations {
+  explicit failing_allocations(long succeed_first, std::size_t limit = std::numeric_limits<std::size_t>::max()) {
+    alloc_control::limit = limit;
+    alloc_control::countdown = succeed_first;
+  }
+  ~failing_allocations() { alloc_control::disarm(); }
+  failing_allocations(const failing_allocations&) = delete;
+  failing_allocations& operator=(const failing_allocations&) = delete;
+};
+
+// ---- The contract fixture: a cache that has compressed, for every cache row --------------------
+
+constexpr index_t kL = 3, kH = 2, kD = 8, kC = 64;
+
+struct contract_fixture {
+  lagkv::kv_cache<float> cache;
+  std::vector<float> k, q;
+
+  contract_fixture() : cache(config(), lagkv::any_policy()) {
+    lagkv::h2o_params hp;
+    hp.budget = 20;
+    hp.window = 4;
+    cache.set_policy(0, lagkv::h2o_policy(hp));  // layer 0: H2O (needs attention with every append)
+    lagkv::lagkv_params lp;
+    lp.sink = 2;
+    lp.lag = 4;
+    cache.set_policy(1, lagkv::lagkv_policy(lp));  // layer 1: LagKV; layer 2: empty, no eviction
+    k = lagkv_test::random_kv(4, kH, kC, kD);
+    q = lagkv_test::random_kv(5, kH, kC, kD);
+    for (index_t l = 0; l < 2; ++l) {
+      cache.append(l, input(0, 24), input(0, 24), extras(0));
+      for (index_t t = 24; t < 30; ++t) cache.append(l, input(t, 1), input(t, 1), extras(t));
+    }
+  }
+  static lagkv::cache_config config() {
+    lagkv::cache_config c;
+    c.layers = kL;
+    c.kv_heads = kH;
+    c.head_dim = kD;
+    c.capacity = kC;
+    return c;
+  }
+  lagkv::kv_input<float> input(index_t first, index_t n) const {
+    return lagkv::kv_input<float>{k.data() + first * kD, n, lagkv::kv_layout::hsd(), kC};
+  }
+  lagkv::append_extras extras(index_t first) const {
+    lagkv::append_extras x;
+    x.attention.q_heads = kH;
+    x.attention.queries = q.data() + first * kD;
+    x.attention.q_head_stride = kC * kD;
+    x.attention.q_token_stride = kD;
+    return x;
+  }
+
+  /// Everything observable: all K/V bytes (used or not), lengths, positions, counters, policy state.
+  std::vector<double> snapshot() const {
+    std::vector<double> s;
+    for (index_t l = 0; l < kL; ++l) {
+      const auto m = cache.memory(l);
+      for (index_t i = 0; i < kH * kC * kD; ++i) s.push_back(m.k[i]), s.push_back(m.v[i]);
+      s.push_back(static_cast<double>(cache.tokens_seen(l)));
+      s.push_back(static_cast<double>(cache.compressions(l)));
+      s.push_back(cache.skipped(l) ? 1.0 : 0.0);
+      for (index_t h = 0; h < kH; ++h) {
+        s.push_back(static_cast<double>(cache.length(l, h)));
+        for (index_t p : cache.positions(l, h)) s.push_back(static_cast<double>(p));
+      }
+    }
+    const auto* h2o = cache.policy(0).target<lagkv::h2o_policy>();
+    for (index_t h = 0; h < kH; ++h) s.insert(s.end(), h2o->accumulated(h), h2o->accumulated(h) + kC);
+    const auto* lag = cache.policy(1).target<lagkv::lagkv_policy>();
+    for (index_t h = 0; h < kH; ++h) s.push_back(static_cast<double>(lag->compressed(h)));
+    s.push_back(std::strcmp(cache.policy(2).name(), "none") == 0 ? 1.0 : 0.0);
+    return s;
+  }
+};
+
+// ---- The bad-input table ---------------------------------------------------------------------------
+
+enum class subject { cache_op, standalone };
+
+struct contract_case {
+  std::string id;       // row id in docs/reliability.md
+  std::string call;     // the API called
+  std::string input;    // what is wrong with the input
+  std::string message;  // the exact lagkv::error::what()
+  subject on = subject::standalone;
+  std::function<void(contract_fixture&)> op;
+};
+
+lagkv::cache_config cfg_with(const std::function<void(lagkv::cache_config&)>& edit) {
+  lagkv::cache_config c = contract_fixture::config();
+  edit(c);
+  return c;
+}
+
+template <class Spec>
+lagkv::policy_spec spec(Spec&& edit) {
+  lagkv::policy_spec s;
+  edit(s);
+  return s;
+}
+
+std::vector<unsigned char> npy_bytes(const std::string& header, std::size_t data_bytes, int major = 1) {
+  std::string h = header;
+  while ((10 + h.size() + 1) % 64 != 0) h += ' ';
+  h += '\n';
+  const unsigned char prefix[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', static_cast<unsigned char>(major), 0,
+                                    static_cast<unsigned char>(h.size() & 0xff), static_cast<unsigned char>(h.size() >> 8)};
+  std::vector<unsigned char> b(10 + h.size() + data_bytes, 0);
+  std::copy(prefix, prefix + 10, b.begin());
+  std::copy(h.begin(), h.end(), b.begin() + 10);
+  return b;
+}
+
+void parse(const std::vector<unsigned char>& b) { (void)lagkv::parse_npy(b.data(), b.size(), "x.npy"); }
+
+std::vector<contract_case> contract_cases() {
+  using F = contract_fixture;
+  using lagkv::kv_cache;
+  using lagkv::make_policy;
+  const auto C = subject::cache_op;
+  const auto S = subject::standalone;
+  return {
+      // -- cache configuration (nothing is constructed)
+      {"config.layers", "kv_cache(config)", "layers = 0", "layers=0: must be >= 1", S,
+       [](F&) { kv_cache<float> c(cfg_with([](auto& c) { c.layers = 0; })); }},
+      {"config.kv_heads", "kv_cache(config)", "kv_heads = -2", "kv_heads=-2: must be >= 1", S,
+       [](F&) { kv_cache<float> c(cfg_with([](auto& c) { c.kv_heads = -2; })); }},
+      {"config.head_dim", "kv_cache(config)", "head_dim = 0", "head_dim=0: must be >= 1", S,
+       [](F&) { kv_cache<float> c(cfg_with([](auto& c) { c.head_dim = 0; })); }},
+      {"config.capacity", "kv_cache(config)", "capacity = 0", "capacity=0: must be >= 1", S,
+       [](F&) { kv_cache<float> c(cfg_with([](auto& c) { c.capacity = 0; })); }},
+      {"config.size_overflow", "kv_cache(config)", "capacity = 2^62 (the byte size overflows)",
+       "capacity=4611686018427387904: layers*kv_heads*capacity*head_dim overflows (layers=3, kv_heads=2, head_dim=8)", S,
+       [](F&) { kv_cache<float> c(cfg_with([](auto& c) { c.capacity = index_t{1} << 62; })); }},
+      {"config.skip_layers", "kv_cache(config)", "skip_layers = {3} with 3 layers", "skip_layers entry=3: out of range [0, 3)", S,
+       [](F&) { kv_cache<float> c(cfg_with([](auto& c) { c.skip_layers = {3}; })); }},
+      {"config.lagkv_head_dim", "kv_cache(config, lagkv)", "head_dim = 1 (LagKV's std needs 2 channels)",
+       "head_dim=1: must be >= 2", S,
+       [](F&) { kv_cache<float> c(cfg_with([](auto& c) { c.head_dim = 1; }), make_policy("lagkv")); }},
+      {"memory.count", "kv_cache(config, memory)", "2 layer_memory entries for 3 layers", "memory.size()=2: must equal layers=3", S,
+       [](F&) { kv_cache<float> c(F::config(), std::vector<lagkv::layer_memory<float>>(2)); }},
+      {"memory.null", "kv_cache(config, memory)", "layer_memory with k = nullptr", "memory[0]: k and v must not be nullptr", S,
+       [](F&) { kv_cache<float> c(F::config(), std::vector<lagkv::layer_memory<float>>(3)); }},
+      {"memory.block_table", "kv_cache(config, memory)", "paged K layout without a block table",
+       "k_layout.block_table=nullptr: a paged layout needs a block table", S,
+       [](F&) {
+         std::vector<float> buf(16);
+         std::vector<lagkv::layer_memory<float>> m(3, {buf.data(), buf.data(), lagkv::kv_layout::paged(nullptr, 4), lagkv::kv_layout::hsd()});
+         kv_cache<float> c(F::config(), m);
+       }},
+      {"memory.block_size", "kv_cache(config, memory)", "paged V layout with block_size = 0", "v_layout.block_size=0: must be >= 1", S,
+       [](F&) {
+         std::vector<float> buf(16);
+         static const std::int32_t table[1] = {0};
+         std::vector<lagkv::layer_memory<float>> m(3, {buf.data(), buf.data(), lagkv::kv_layout::hsd(), lagkv::kv_layout::paged(table, 0)});
+         kv_cache<float> c(F::config(), m);
+       }},
+      // -- policies
+      {"policy.name", "make_policy", "name \"LagKV\" (names are lower case)",
+       "policy=LagKV: unknown (expected one of none|lagkv|l2norm|l2norm-chunked|h2o|streaming|random)", S,
+       [](F&) { make_policy("LagKV"); }},
+      {"policy.lagkv.lag", "make_policy(\"lagkv\")", "lag = 1", "lag=1: must be >= 2", S,
+       [](F&) { make_policy("lagkv", spec([](auto& s) { s.lag = 1; })); }},
+      {"policy.lagkv.ratio_zero", "make_policy(\"lagkv\")", "ratio = 0", "ratio=0: must be in (0, 1]", S,
+       [](F&) { make_policy("lagkv", spec([](auto& s) { s.ratio = 0.0; })); }},
+      {"policy.lagkv.ratio_above_one", "make_policy(\"lagkv\")", "ratio = 1.5", "ratio=1.5: must be in (0, 1]", S,
+       [](F&) { make_policy("lagkv", spec([](auto& s) { s.ratio = 1.5; })); }},
+      {"policy.lagkv.ratio_nan", "make_policy(\"lagkv\")", "ratio = NaN", "ratio=nan: must be in (0, 1]", S,
+       [](F&) { make_policy("lagkv", spec([](auto& s) { s.ratio = std::nan(""); })); }},
+      {"policy.lagkv.sink", "make_policy(\"lagkv\")", "sink = -1", "sink=-1: must be >= 0", S,
+       [](F&) { make_policy("lagkv", spec([](auto& s) { s.sink = -1; })); }},
+      {"policy.lagkv.score_v_ratio", "make_policy(\"lagkv\")", "score_v_ratio = -1", "score_v_ratio=-1: must be finite and >= 0", S,
+       [](F&) { make_policy("lagkv", spec([](auto& s) { s.score_v_ratio = -1.0; })); }},
+      {"policy.lagkv.score_v_ratio_inf", "make_policy(\"lagkv\")", "score_v_ratio = +Inf",
+       "score_v_ratio=inf: must be finite and >= 0", S,
+       [](F&) { make_policy("lagkv", spec([](auto& s) { s.score_v_ratio = INFINITY; })); }},
+      {"policy.chunked.lag", "make_policy(\"l2norm-chunked\")", "lag = 0", "lag=0: must be >= 2", S,
+       [](F&) { make_policy("l2norm-chunked", spec([](auto& s) { s.lag = 0; })); }},
+      {"policy.h2o.budget", "make_policy(\"h2o\")", "neither budget nor ratio", "budget=0: h2o needs a budget > 0 (or a ratio)", S,
+       [](F&) { make_policy("h2o"); }},
+      {"policy.budget.negative", "make_policy(\"random\")", "budget = -3", "budget=-3: must be >= 0", S,
+       [](F&) { make_policy("random", spec([](auto& s) { s.budget = -3; })); }},
+      {"policy.budget.below_protected", "make_policy(\"l2norm\")", "budget = 5 with sink = 4, window = 4",
+       "budget=5: must be >= sink + window = 8", S,
+       [](F&) { make_policy("l2norm", spec([](auto& s) { s.budget = 5, s.sink = 4, s.window = 4; })); }},
+      {"policy.budget.ratio_nan", "make_policy(\"l2norm\")", "no budget, ratio = NaN", "ratio=nan: must be in (0, 1] (or set budget > 0)", S,
+       [](F&) { make_policy("l2norm", spec([](auto& s) { s.ratio = std::nan(""); })); }},
+      {"policy.budget.interval", "make_policy(\"h2o\")", "interval = 0", "interval=0: must be >= 1", S,
+       [](F&) { make_policy("h2o", spec([](auto& s) { s.budget = 10, s.interval = 0; })); }},
+      {"policy.budget.window", "make_policy(\"random\")", "window = -2", "window=-2: must be >= 0", S,
+       [](F&) { make_policy("random", spec([](auto& s) { s.window = -2; })); }},
+      {"policy.budget.min_per_head", "make_policy(\"h2o\")", "min_per_head = 30 > budget = 20",
+       "min_per_head=30: must be in [0, budget=20]", S,
+       [](F&) { make_policy("h2o", spec([](auto& s) { s.budget = 20, s.share_heads = true, s.min_per_head = 30; })); }},
+      {"policy.l2norm.skip_layers", "make_policy(\"l2norm\")", "skip_layers = {-1}", "skip_layers entry=-1: must be >= 0", S,
+       [](F&) { make_policy("l2norm", spec([](auto& s) { s.skip_layers = {-1}; })); }},
+      {"policy.streaming.empty", "make_policy(\"streaming\")", "sink = 0, window = 0", "sink + window=0: must be >= 1", S,
+       [](F&) { make_policy("streaming", spec([](auto& s) { s.sink = 0, s.window = 0; })); }},
+      // -- appending (the fixture: layer 0 H2O, layer 1 LagKV, both compressed; layer 2 empty)
+      {"append.layer", "append", "layer = 3 of 3", "layer=3: out of range [0, 3)", C,
+       [](F& f) { f.cache.append(3, f.input(30, 1), f.input(30, 1), f.extras(30)); }},
+      {"append.negative_layer", "append", "layer = -1", "layer=-1: out of range [0, 3)", C,
+       [](F& f) { f.cache.append(-1, f.input(30, 1), f.input(30, 1)); }},
+      {"append.negative_tokens", "append", "k.tokens = -1", "k.tokens=-1: must be >= 0", C,
+       [](F& f) { f.cache.append(1, f.input(30, -1), f.input(30, -1)); }},
+      {"append.token_mismatch", "append", "k.tokens = 3, v.tokens = 2", "v.tokens=2: must equal k.tokens=3", C,
+       [](F& f) { f.cache.append(1, f.input(30, 3), f.input(30, 2)); }},
+      {"append.null_k", "append", "k.data = nullptr", "k.data=nullptr with tokens=1", C,
+       [](F& f) { f.cache.append(1, nullptr, f.k.data(), 1); }},
+      {"append.null_v", "append", "v.data = nullptr", "v.data=nullptr with tokens=2", C,
+       [](F& f) { f.cache.append(1, f.k.data(), nullptr, 2); }},
+      {"append.paged_k", "append", "a paged K input", "k.layout=paged: inputs must be hsd, shd or hds", C,
+       [](F& f) {
+         static const std::int32_t table[1] = {0};
+         f.cache.append(1, lagkv::kv_input<float>{f.k.data(), 1, lagkv::kv_layout::paged(table, 4)}, f.input(30, 1));
+       }},
+      {"append.paged_v", "append", "a paged V input", "v.layout=paged: inputs must be hsd, shd or hds", C,
+       [](F& f) {
+         static const std::int32_t table[1] = {0};
+         f.cache.append(1, f.input(30, 1), lagkv::kv_input<float>{f.k.data(), 1, lagkv::kv_layout::paged(table, 4)});
+       }},
+      {"append.input_capacity", "append", "k.capacity = 2 < tokens = 3", "k.capacity=2: must be 0 or >= tokens=3", C,
+       [](F& f) { f.cache.append(1, lagkv::kv_input<float>{f.k.data(), 3, lagkv::kv_layout::hsd(), 2}, f.input(30, 3)); }},
+      {"append.overflow", "append", "60 tokens into a head holding 18 of 64",
+       "tokens=60: capacity overflow at layer=1 head=0 (holds 18, capacity=64)", C,
+       [](F& f) { f.cache.append(1, f.k.data(), f.k.data(), 60); }},
+      {"append.h2o_no_attention", "append (H2O layer)", "no attention input",
+       "attention: h2o needs attention.probs, attention.prob_sums or attention.queries for every append (tokens=1)", C,
+       [](F& f) { f.cache.append(0, f.input(30, 1), f.input(30, 1)); }},
+      {"append.h2o_q_heads", "append (H2O layer)", "q_heads = 3 with 2 KV heads",
+       "attention.q_heads=3: must be a positive multiple of kv_heads=2", C,
+       [](F& f) {
+         auto x = f.extras(30);
+         x.attention.q_heads = 3;
+         f.cache.append(0, f.input(30, 1), f.input(30, 1), x);
+       }},
+      {"append.h2o_row_stride", "append (H2O layer)", "probs with row_stride = 5",
+       "attention.row_stride=5: must be >= the longest head after the append = 21", C,
+       [](F& f) {
+         std::vector<float> probs(100, 0.0f);
+         lagkv::append_extras x;
+         x.attention.q_heads = kH;
+         x.attention.probs = probs.data();
+         x.attention.row_stride = 5;
+         f.cache.append(0, f.input(30, 1), f.input(30, 1), x);
+       }},
+      {"append.h2o_token_stride", "append (H2O layer)", "queries for 2 tokens with q_token_stride = 0",
+       "attention.q_token_stride=0: must be set for an append of tokens=2", C,
+       [](F& f) {
+         auto x = f.extras(30);
+         x.attention.q_token_stride = 0;
+         f.cache.append(0, f.input(30, 2), f.input(30, 2), x);
+       }},
+      {"append.h2o_head_stride", "append (H2O layer)", "queries of 2 heads with q_head_stride = 0",
+       "attention.q_head_stride=0: must be set for q_heads=2", C,
+       [](F& f) {
+         auto x = f.extras(30);
+         x.attention.q_head_stride = 0;
+         f.cache.append(0, f.input(30, 1), f.input(30, 1), x);
+       }},
+      // -- in-place writes
+      {"commit.negative", "commit", "tokens = -1", "tokens=-1: must be >= 0", C, [](F& f) { f.cache.commit(1, -1); }},
+      {"commit.overflow", "commit", "100 tokens into a head holding 18 of 64",
+       "tokens=100: capacity overflow at layer=1 head=0 (holds 18, capacity=64)", C, [](F& f) { f.cache.commit(1, 100); }},
+      {"commit.h2o_no_attention", "commit (H2O layer)", "no attention input",
+       "attention: h2o needs attention.probs, attention.prob_sums or attention.queries for every append (tokens=1)", C,
+       [](F& f) { f.cache.commit(0, 1); }},
+      {"next_keys.head", "next_keys", "head = 2 of 2", "head=2: out of range [0, 2)", C, [](F& f) { f.cache.next_keys(1, 2, 1); }},
+      {"next_values.overflow", "next_values", "47 slots when 46 are free",
+       "tokens=47: capacity overflow at layer=1 head=1 (holds 18, capacity=64)", C, [](F& f) { f.cache.next_values(1, 1, 47); }},
+      {"next_keys.negative", "next_keys", "tokens = -1", "tokens=-1: must be >= 0", C, [](F& f) { f.cache.next_keys(1, 0, -1); }},
+      // -- configuring and reading
+      {"set_policy.nonempty", "set_policy", "a layer holding tokens",
+       "layer=1: set_policy needs an empty layer (it holds 36 slots); call clear(layer) first", C,
+       [](F& f) { f.cache.set_policy(1, make_policy("streaming")); }},
+      {"set_policy.layer", "set_policy", "layer = 3", "layer=3: out of range [0, 3)", C,
+       [](F& f) { f.cache.set_policy(3, make_policy("none")); }},
+      {"compress.layer", "compress", "layer = 5", "layer=5: out of range [0, 3)", C, [](F& f) { f.cache.compress(5); }},
+      {"clear.layer", "clear", "layer = 9", "layer=9: out of range [0, 3)", C, [](F& f) { f.cache.clear(9); }},
+      {"set_skipped.layer", "set_skipped", "layer = -1", "layer=-1: out of range [0, 3)", C, [](F& f) { f.cache.set_skipped(-1, true); }},
+      {"keys.head", "keys", "head = -1", "head=-1: out of range [0, 2)", C, [](F& f) { (void)f.cache.keys(0, -1); }},
+      {"values.layer", "values", "layer = 3", "layer=3: out of range [0, 3)", C, [](F& f) { (void)f.cache.values(3, 0); }},
+      {"positions.layer", "positions", "layer = -2", "layer=-2: out of range [0, 3)", C, [](F& f) { (void)f.cache.positions(-2, 0); }},
+      {"length.head", "length", "head = 2", "head=2: out of range [0, 2)", C, [](F& f) { (void)f.cache.length(1, 2); }},
+      {"tokens_seen.layer", "tokens_seen", "layer = 3", "layer=3: out of range [0, 3)", C, [](F& f) { (void)f.cache.tokens_seen(3); }},
+      // -- scoring, views, executors
+      {"simd.env", "first scoring call / simd::reset", "LAGKV_SIMD=sse9",
+       "LAGKV_SIMD=sse9: unknown target (expected scalar, avx2, avx512 or neon)", S,
+       [](F&) {
+         ::setenv("LAGKV_SIMD", "sse9", 1);
+         struct restore {
+           ~restore() {
+             ::unsetenv("LAGKV_SIMD");
+             lagkv::simd::reset();
+           }
+         } r;
+         lagkv::simd::reset();
+       }},
+      {"scores.lag", "dispatch::lagkv_sequence_scores", "lag = 0", "lag=0: must be >= 1", S,
+       [](F& f) {
+         std::vector<float> out(64);
+         const lagkv::kv_view<const float> v(f.k.data(), 10, kD, kD);
+         lagkv::dispatch::lagkv_sequence_scores<float>(v, v, 0, 1, 1.0, out.data());
+       }},
+      {"scores.chunks", "dispatch::lagkv_sequence_scores", "chunks = -1", "chunks=-1: must be >= 0", S,
+       [](F& f) {
+         std::vector<float> out(64);
+         const lagkv::kv_view<const float> v(f.k.data(), 10, kD, kD);
+         lagkv::dispatch::lagkv_sequence_scores<float>(v, v, 4, -1, 1.0, out.data());
+       }},
+      {"scores.short_view", "dispatch::lagkv_sequence_scores", "10 tokens for 2 chunks of lag 4",
+       "k.tokens=10: must be >= (chunks + 1) * lag = 12", S,
+       [](F& f) {
+         std::vector<float> out(64);
+         const lagkv::kv_view<const float> v(f.k.data(), 10, kD, kD);
+         lagkv::dispatch::lagkv_sequence_scores<float>(v, v, 4, 2, 1.0, out.data());
+       }},
+      {"scores.ref_head_dim", "dispatch::lagkv_chunk_scores", "reference with head_dim 4, chunk with 8",
+       "k_ref.head_dim=4: must equal k_chunk.head_dim=8", S,
+       [](F& f) {
+         std::vector<float> out(64);
+         const lagkv::kv_view<const float> a(f.k.data(), 4, kD, kD), b(f.k.data(), 4, 4, 4);
+         lagkv::dispatch::lagkv_chunk_scores<float>(a, b, {}, {}, 0.0, out.data());
+       }},
+      {"select.k", "select_top_k", "k = 5 of n = 4", "k=5: must be in [0, n=4]", S,
+       [](F&) {
+         const float s[4] = {1, 2, 3, 4};
+         (void)lagkv::select_top_k(s, 4, 5);
+       }},
+      {"view.slice", "kv_view::slice", "tokens [3, 8) of 5", "slice [3, 8) out of range for tokens=5", S,
+       [](F& f) { (void)lagkv::kv_view<float>(f.k.data(), 5, kD, kD).slice(3, 5); }},
+      {"view.head", "view_hsd", "head = 2 of 2", "head=2: out of range [0, 2)", S,
+       [](F& f) { (void)lagkv::view_hsd(f.k.data(), 2, 8, kD, 2, 4); }},
+      {"view.tokens", "view_shd", "9 tokens of capacity 8", "tokens=9: out of range [0, capacity=8]", S,
+       [](F& f) { (void)lagkv::view_shd(f.k.data(), 8, 2, kD, 0, 9); }},
+      {"executor.threads", "thread_pool", "threads = 0", "threads=0: must be >= 1", S, [](F&) { lagkv::thread_pool p(0); }},
+      {"executor.n", "parallel_for", "n = -1", "n=-1: must be >= 0", S,
+       [](F&) { lagkv::parallel_for(lagkv::serial_executor{}, -1, [](index_t) {}); }},
+      // -- .npy files (lagkv-cli, the golden sets)
+      {"npy.magic", "parse_npy", "not starting with \\x93NUMPY", "x.npy: not a .npy file (bad magic)", S,
+       [](F&) { parse({'N', 'U', 'M', 'P', 'Y', 0, 0, 0, 0, 0, 0, 0}); }},
+      {"npy.version", "parse_npy", "format version 4.0", "x.npy: npy format version 4.0 is not supported", S,
+       [](F&) { parse(npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }", 8, 4)); }},
+      {"npy.header_length", "parse_npy", "header length 1000 in a 20-byte file", "x.npy: header length 1000 exceeds file size 20", S,
+       [](F&) {
+         std::vector<unsigned char> b = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, 0xe8, 0x03};
+         b.resize(20, ' ');
+         parse(b);
+       }},
+      {"npy.big_endian", "parse_npy", "descr '>f4'", "x.npy: descr='>f4' is big-endian; only little-endian is supported", S,
+       [](F&) { parse(npy_bytes("{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", 8)); }},
+      {"npy.descr", "parse_npy", "descr '<f8'", "x.npy: descr='<f8' is not supported (use '<f4', '<f2', or '<u2' for bf16 bits)", S,
+       [](F&) { parse(npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", 16)); }},
+      {"npy.fortran", "parse_npy", "fortran_order True", "x.npy: fortran_order=True is not supported (C order only)", S,
+       [](F&) { parse(npy_bytes("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", 24)); }},
+      {"npy.truncated", "parse_npy", "shape (2, 3) of '<f4' with 8 data bytes", "x.npy: data is 8 bytes but shape needs 24 (truncated)", S,
+       [](F&) { parse(npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 8)); }},
+      {"npy.trailing", "parse_npy", "shape (2,) of '<f2' with 6 data bytes", "x.npy: data is 6 bytes but shape needs 4 (trailing bytes)", S,
+       [](F&) { parse(npy_bytes("{'descr': '<f2', 'fortran_order': False, 'shape': (2,), }", 6)); }},
+      {"npy.open", "read_npy", "a path that does not exist", "/nonexistent/lagkv/x.npy: cannot open file", S,
+       [](F&) { (void)lagkv::read_npy("/nonexistent/lagkv/x.npy"); }},
+  };
+}
+
+/// A table cell: pipes escaped (GitHub tables), messages in code spans.
+std::string cell(const std::string& s, bool code) {
+  std::string out = code ? "`" : "";
+  for (char ch : s) {
+    if (ch == '|') out += '\\';
+    out += ch;
+  }
+  return out + (code ? "`" : "");
+}
+
+std::string contract_table() {
+  std::ostringstream t;
+  t << "| id | call | bad input | exact `lagkv::error::what()` |\n";
+  t << "|---|---|---|---|\n";
+  for (const auto& c : contract_cases())
+    t << "| " << cell(c.id, true) << " | " << cell(c.call, false) << " | " << cell(c.input, false) << " | "
+      << cell(c.message, true) << " |\n";
+  return t.str();
+}
+
+void PrintTo(const contract_case& c, std::ostream* os) { *os << c.id; }
+
+class BadInput : public ::testing::TestWithParam<contract_case> {};
+
+TEST_P(BadInput, ThrowsTheDocumentedMessageAndChangesNothing) {
+  const contract_case& c = GetParam();
+  contract_fixture f;
+  const auto before = f.snapshot();
+  std::string what = "<no lagkv::error>";
+  try {
+    c.op(f);
+  } catch (const lagkv::error& e) {
+    what = e.what();
+  }
+  EXPECT_EQ(what, c.message);
+  if (c.on == subject::cache_op) {
+    EXPECT_TRUE(f.snapshot() == before) << "the failed call changed the cache";
+    // ... and it keeps working: LagKV compresses at the next lag boundary as before.
+    f.cache.append(1, f.input(30, 1), f.input(30, 1));
+    EXPECT_EQ(f.cache.tokens_seen(1), 31);
+  } else {
+    EXPECT_TRUE(f.snapshot() == before);  // a standalone failure leaves an unrelated cache alone
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Contract, BadInput, ::testing::ValuesIn(contract_cases()),
+                         [](const ::testing::TestParamInfo<contract_case>& info) {
+                           std::string n = info.param.id;
+                           for (char& ch : n)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return n;
+                         });
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+TEST(ContractDocument, TableInDocsIsExactlyTheTestedCases) {
+  const std::string generated = contract_table();
+  if (std::getenv("LAGKV_PRINT_CONTRACT_TABLE") != nullptr) std::cout << generated;
+  const std::string doc = read_text(std::string(LAGKV_SOURCE_DIR) + "/docs/reliability.md");
+  const std::string begin = "<!-- contract-table:begin (generated by tests/test_reliability.cpp) -->\n";
+  const std::string end = "<!-- contract-table:end -->";
+  const auto b = doc.find(begin), e = doc.find(end);
+  ASSERT_NE(b, std::string::npos) << "docs/reliability.md lacks the table's begin marker";
+  ASSERT_NE(e, std::string::npos) << "docs/reliability.md lacks the table's end marker";
+  EXPECT_EQ(doc.substr(b + begin.size(), e - b - begin.size()), generated)
+      << "docs/reliability.md's table differs from the cases; regenerate it with\n"
+         "LAGKV_PRINT_CONTRACT_TABLE=1 test_reliability --gtest_filter='ContractDocument.*'";
+}
+
+TEST(ContractDocument, EveryCaseHasAUniqueIdAndAMessageNamingAValue) {
+  std::vector<std::string> ids;
+  for (const auto& c : contract_cases()) ids.push_back(c.id);
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(std::adjacent_find(ids.begin(), ids.end()), ids.end());
+  for (const auto& c : contract_cases())
+    EXPECT_TRUE(c.message.find('=') != std::string::npos || c.message.find(": ") != std::string::npos) << c.id;
+}
+
+// ---- Resource bounds: engine memory with guard regions -------------------------------------------
+
+enum class guard_layout { hsd, shd, hds, llama, paged };
+const char* guard_layout_name(guard_layout l) {
+  switch (l) {
+    case guard_layout::hsd: return "hsd";
+    case guard_layout::shd: return "shd";
+    case guard_layout::hds: return "hds";
+    case guard_layout::llama: return "shdK_hdsV";
+    case guard_layout::paged: return "paged";
+  }
+  return "?";
+}
+
+constexpr std::uint8_t kFill = 0xcb;
+constexpr index_t kGL = 3, kGH = 3, kGD = 6, kGC = 96, kGuard = 48, kGS = 90;
+
+/// One buffer per tensor (K, V) holding every layer: guard | layer 0 | guard | layer 1 | ...
+/// Paged layers take blocks from a pool with unused blocks between theirs.
+template <class T>
+struct guarded_memory {
+  std::vector<T> buf[2];
+  std::vector<lagkv_fuzz::layout_desc> lay[2];  // [tensor][layer]
+  std::vector<index_t> base[2];                 // element offset of each layer's region
+  std::vector<index_t> elems[2];
+  std::vector<lagkv::layer_memory<T>> layers;
+
+  explicit guarded_memory(guard_layout gl) {
+    std::mt19937 rng(11);
+    for (int t = 0; t < 2; ++t) {
+      index_t at = kGuard;
+      for (index_t l = 0; l < kGL; ++l) {
+        lagkv_fuzz::layout_desc d;
+        d.kind = gl == guard_layout::paged ? lagkv_fuzz::mem_layout::paged
+               : gl == guard_layout::shd || (gl == guard_layout::llama && t == 0) ? lagkv_fuzz::mem_layout::shd
+               : gl == guard_layout::hsd ? lagkv_fuzz::mem_layout::hsd : lagkv_fuzz::mem_layout::hds;
+        if (d.kind == lagkv_fuzz::mem_layout::paged) {
+          d.block_size = 4 + l;
+          const index_t blocks = (kGC + d.block_size - 1) / d.block_size;
+          d.pool_blocks = 2 * blocks;  // every other block belongs to nobody
+          std::vector<std::int32_t> ids(static_cast<std::size_t>(blocks));
+          for (index_t b = 0; b < blocks; ++b) ids[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(2 * b + 1);
+          std::shuffle(ids.begin(), ids.end(), rng);
+          d.table = ids;
+        }
+        lay[t].push_back(d);
+        base[t].push_back(at);
+        elems[t].push_back(d.elements(kGH, kGC, kGD));
+        at += elems[t].back() + kGuard;
+      }
+      buf[t].resize(static_cast<std::size_t>(at));
+      std::memset(static_cast<void*>(buf[t].data()), kFill, buf[t].size() * sizeof(T));
+    }
+    for (index_t l = 0; l < kGL; ++l)
+      layers.push_back({buf[0].data() + base[0][static_cast<std::size_t>(l)], buf[1].data() + base[1][static_cast<std::size_t>(l)],
+                        lay[0][static_cast<std::size_t>(l)].api(), lay[1][static_cast<std::size_t>(l)].api()});
+  }
+
+  /// Describes every element outside the slots [0, hwm[l][h]) of every head that lost the fill.
+  std::string violations(const std::vector<std::vector<index_t>>& hwm) const {
+    std::ostringstream out;
+    for (int t = 0; t < 2; ++t) {
+      std::vector<char> allowed(buf[t].size(), 0);
+      for (index_t l = 0; l < kGL; ++l)
+        for (index_t h = 0; h < kGH; ++h)
+          for (index_t s = 0; s < hwm[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)]; ++s)
+            for (index_t c = 0; c < kGD; ++c)
+              allowed[static_cast<std::size_t>(base[t][static_cast<std::size_t>(l)] +
+                                               lay[t][static_cast<std::size_t>(l)].offset(kGH, kGC, kGD, h, s, c))] = 1;
+      const auto* bytes = reinterpret_cast<const std::uint8_t*>(buf[t].data());
+      for (std::size_t e = 0; e < buf[t].size(); ++e) {
+        if (allowed[e]) continue;
+        for (std::size_t b = 0; b < sizeof(T); ++b)
+          if (bytes[e * sizeof(T) + b] != kFill) {
+            out << (t ? "V" : "K") << " element " << e << " ";
+            break;
+          }
+      }
+    }
+    return out.str();
+  }
+};
+
+using guard_param = std::tuple<guard_layout, lagkv::dtype>;
+class GuardRegions : public ::testing::TestWithParam<guard_param> {};
+
+template <class T>
+void run_guarded(guard_layout gl) {
+  guarded_memory<T> mem(gl);
+  lagkv::cache_config cfg;
+  cfg.layers = kGL;
+  cfg.kv_heads = kGH;
+  cfg.head_dim = kGD;
+  cfg.capacity = kGC;
+  lagkv::kv_cache<T> cache(cfg, mem.layers);
+  lagkv::policy_spec s;
+  s.sink = 2, s.lag = 5;
+  cache.set_policy(0, lagkv::make_policy("lagkv", s));  // chunked compaction
+  s = {}, s.budget = 24, s.window = 3, s.share_heads = true, s.min_per_head = 5, s.interval = 2;
+  cache.set_policy(1, lagkv::make_policy("h2o", s));    // head-wise budgets: heads differ in length
+  s = {}, s.sink = 3, s.window = 12;
+  cache.set_policy(2, lagkv::make_policy("streaming", s));
+  const auto k = lagkv_test::convert<T>(lagkv_test::random_kv(1, kGH, kGS, kGD));
+  const auto v = lagkv_test::convert<T>(lagkv_test::random_kv(2, kGH, kGS, kGD));
+  const auto q = lagkv_test::random_kv(3, kGH, kGS, kGD);
+  std::vector<std::vector<index_t>> hwm(kGL, std::vector<index_t>(kGH, 0));
+  int ops = 0;
+  auto check = [&](const char* what) {
+    ++ops;
+    for (index_t l = 0; l < kGL; ++l)
+      for (index_t h = 0; h < kGH; ++h) {
+        auto& w = hwm[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+        w = std::max(w, cache.length(l, h));
+      }
+    const std::string bad = mem.violations(hwm);
+    ASSERT_TRUE(bad.empty()) << "after " << what << " #" << ops << ": written outside the views: " << bad;
+  };
+  check("construction");
+  for (int round = 0; round < 2; ++round) {
+    for (index_t l = 0; l < kGL; ++l) {
+      index_t first = 0;
+      for (const index_t n : lagkv_test::random_schedule(static_cast<std::uint32_t>(7 * l + round), kGS)) {
+        lagkv::append_extras x;
+        x.attention.q_heads = kGH;
+        x.attention.queries = q.data() + first * kGD;
+        x.attention.q_head_stride = kGS * kGD;
+        x.attention.q_token_stride = kGD;
+        if (n == 1 && first % 4 == 1) {  // the engine writes in place, then commits
+          for (index_t h = 0; h < kGH; ++h) {
+            const auto ks = cache.next_keys(l, h, 1), vs = cache.next_values(l, h, 1);
+            for (index_t c = 0; c < kGD; ++c) {
+              ks(0, c) = k[static_cast<std::size_t>((h * kGS + first) * kGD + c)];
+              vs(0, c) = v[static_cast<std::size_t>((h * kGS + first) * kGD + c)];
+            }
+            auto& w = hwm[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+            w = std::max(w, cache.length(l, h) + 1);
+          }
+          cache.commit(l, 1, x);
+        } else {
+          // Before the append, its rows may land anywhere in the head's next n slots.
+          for (index_t h = 0; h < kGH; ++h) {
+            auto& w = hwm[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+            w = std::max(w, cache.length(l, h) + n);
+          }
+          cache.append(l, lagkv::kv_input<T>{k.data() + first * kGD, n, lagkv::kv_layout::hsd(), kGS},
+                       lagkv::kv_input<T>{v.data() + first * kGD, n, lagkv::kv_layout::hsd(), kGS}, x);
+        }
+        first += n;
+        check("append");
+        if (first % 17 == 0) {
+          cache.compress(l);
+          check("compress");
+        }
+      }
+      EXPECT_GT(cache.compressions(l), 0) << "layer " << l;
+    }
+    cache.compress_all();
+    check("compress_all");
+    if (round == 0) {
+      cache.clear(1);
+      check("clear(1)");
+      cache.clear();
+      check("clear()");
+    }
+  }
+  // The kept rows are still the tokens they claim to be.
+  for (index_t l = 0; l < kGL; ++l)
+    for (index_t h = 0; h < kGH; ++h) {
+      const auto pos = cache.positions(l, h);
+      const auto keys = cache.keys(l, h);
+      for (index_t s2 = 0; s2 < keys.tokens(); ++s2)
+        ASSERT_EQ(std::memcmp(&keys(s2, kGD - 1), &k[static_cast<std::size_t>((h * kGS + pos[s2]) * kGD + kGD - 1)], sizeof(T)), 0);
+    }
+}
+
+TEST_P(GuardRegions, CacheNeverWritesOutsideItsViews) {
+  const guard_layout gl = std::get<0>(GetParam());
+  lagkv::visit_dtype(std::get<1>(GetParam()), [&](auto tag) { run_guarded<decltype(tag)>(gl); });
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryLayout, GuardRegions,
+                         ::testing::Combine(::testing::Values(guard_layout::hsd, guard_layout::shd, guard_layout::hds,
+                                                              guard_layout::llama, guard_layout::paged),
+                                            ::testing::Values(lagkv::dtype::f32, lagkv::dtype::f16, lagkv::dtype::bf16)),
+                         [](const ::testing::TestParamInfo<guard_param>& info) {
+                           return std::string(guard_layout_name(std::get<0>(info.param))) + "_" +
+                                  lagkv::dtype_name(std::get<1>(info.param));
+                         });
+
+// ---- Capacity ---------------------------------------------------------------------------------------
+
+TEST(Capacity, EverySlotIsUsableAndOneMoreIsAClearErrorWithTheCacheIntact) {
+  lagkv::cache_config cfg;
+  cfg.kv_heads = 2;
+  cfg.head_dim = 4;
+  cfg.capacity = 9;
+  lagkv::kv_cache<lagkv::bf16> cache(cfg);  // no eviction: the cache fills up
+  const auto k = lagkv_test::convert<lagkv::bf16>(lagkv_test::random_kv(1, 2, 9, 4));
+  cache.append(0, lagkv::kv_input<lagkv::bf16>{k.data(), 5, lagkv::kv_layout::hsd(), 9},
+               lagkv::kv_input<lagkv::bf16>{k.data(), 5, lagkv::kv_layout::hsd(), 9});
+  try {
+    cache.append(0, lagkv::kv_input<lagkv::bf16>{k.data(), 5, lagkv::kv_layout::hsd(), 9},
+                 lagkv::kv_input<lagkv::bf16>{k.data(), 5, lagkv::kv_layout::hsd(), 9});
+    FAIL() << "no error";
+  } catch (const lagkv::error& e) {
+    EXPECT_STREQ(e.what(), "tokens=5: capacity overflow at layer=0 head=0 (holds 5, capacity=9)");
+  }
+  EXPECT_EQ(cache.length(0, 1), 5);
+  EXPECT_EQ(cache.tokens_seen(0), 5);
+  cache.append(0, lagkv::kv_input<lagkv::bf16>{k.data() + 5 * 4, 4, lagkv::kv_layout::hsd(), 9},
+               lagkv::kv_input<lagkv::bf16>{k.data() + 5 * 4, 4, lagkv::kv_layout::hsd(), 9});
+  EXPECT_EQ(cache.length(0, 0), 9);
+  EXPECT_EQ(std::memcmp(cache.memory(0).k, k.data(), 2 * 9 * 4 * sizeof(lagkv::bf16)), 0);
+  EXPECT_THROW(cache.next_keys(0, 1, 1), lagkv::error);
+  EXPECT_THROW(cache.commit(0, 1), lagkv::error);
+  EXPECT_EQ(cache.length(0, 1), 9);
+}
+
+// ---- Allocation failure -------------------------------------------------------------------------------
+
+TEST(AllocationFailure, HugeOwnedCacheThrowsBadAllocAndLeaksNothing) {
+  lagkv::cache_config cfg;
+  cfg.kv_heads = 8;
+  cfg.head_dim = 128;
+  cfg.capacity = index_t{1} << 36;  // 2^46 floats per tensor: no overflow, but no such memory
+  failing_allocations oom(-1, std::size_t{1} << 30);  // like a machine with 1 GiB per allocation
+  EXPECT_THROW(lagkv::kv_cache<float> c(cfg, lagkv::make_policy("lagkv")), std::bad_alloc);
+}
+
+lagkv::any_policy lagkv_small() {
+  lagkv::policy_spec s;
+  s.sink = 2, s.lag = 4;
+  return lagkv::make_policy("lagkv", s);
+}
+
+TEST(AllocationFailure, ConstructionFailingAtEveryAllocationThrowsBadAlloc) {
+  int failures = 0;
+  for (long k = 0;; ++k) {
+    try {
+      failing_allocations oom(k);
+      lagkv::kv_cache<lagkv::f16> c(contract_fixture::config(), lagkv_small());
+    } catch (const std::bad_alloc&) {
+      ++failures;
+      continue;
+    }
+    break;  // the k-th allocation is beyond the last one: construction succeeded
+  }
+  EXPECT_GE(failures, 5);  // every allocation was a failure point; ASan/LSan checks nothing leaked
+}
+
+TEST(AllocationFailure, SetPolicyAndClearFailingAtEveryAllocationLeaveTheCacheIntact) {
+  contract_fixture f;
+  f.cache.clear(2);
+  const auto before = f.snapshot();
+  int failures = 0;
+  for (long k = 0;; ++k) {
+    bool failed = false;
+    try {
+      failing_allocations oom(k);
+      f.cache.set_policy(2, lagkv_small());
+    } catch (const std::bad_alloc&) {
+      failed = true;
+    }
+    if (!failed) break;
+    ++failures;
+    ASSERT_TRUE(f.snapshot() == before) << "set_policy failing at allocation " << k << " changed the cache";
+  }
+  EXPECT_GE(failures, 3);
+  EXPECT_STREQ(f.cache.policy(2).name(), "lagkv");
+  const auto with_policy = f.snapshot();
+  failures = 0;
+  for (long k = 0;; ++k) {
+    bool failed = false;
+    try {
+      failing_allocations oom(k);
+      f.cache.clear(1);
+    } catch (const std::bad_alloc&) {
+      failed = true;
+    }
+    if (!failed) break;
+    ++failures;
+    ASSERT_TRUE(f.snapshot() == with_policy) << "clear failing at allocation " << k << " changed the cache";
+  }
+  EXPECT_GE(failures, 2);
+  EXPECT_EQ(f.cache.length(1, 0), 0);
+}
+
+// Appends and compressions promise not to allocate (cache.hpp): with every allocation failing,
+// a warmed-up thread keeps appending and compressing (LagKV, H2O, L2 head-wise budgets).
+TEST(AllocationFailure, WarmAppendsAndCompressionsDoNotAllocate) {
+  contract_fixture f;
+  lagkv::policy_spec s;
+  s.budget = 16, s.share_heads = true;
+  f.cache.set_policy(2, lagkv::make_policy("l2norm", s));
+  for (index_t t = 0; t < 30; ++t) f.cache.append(2, f.input(t, 1), f.input(t, 1));  // warms this thread's scorer
+  f.cache.compress_all();
+  const long before = alloc_control::allocations.load();
+  {
+    failing_allocations oom(0);  // every allocation from here on fails
+    for (index_t t = 30; t < 36; ++t)
+      for (index_t l = 0; l < kL; ++l) f.cache.append(l, f.input(t, 1), f.input(t, 1), f.extras(t));
+    f.cache.compress_all();
+  }
+  EXPECT_EQ(alloc_control::allocations.load(), before);
+  EXPECT_EQ(f.cache.tokens_seen(1), 36);
+}
+
+// The same promise on a thread that has never scored before (an engine's new worker, or one
+// of thread_pool's): its first compression must not need memory either. Run in a child process
+// (a death-test) because a violation is std::terminate: an allocation failing inside the
+// cache's noexcept mutation phase.
+// OPEN BUG (kept as the reproducer, disabled so CI stays meaningful): the SIMD scorer's
+// thread-local workspace grows on a thread's first compression, inside the noexcept phase.
+TEST(AllocationFailure, DISABLED_FirstCompressionOnAFreshThreadDoesNotAllocate) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        contract_fixture f;
+        f.cache.clear(1);
+        for (index_t t = 0; t < 9; ++t) f.cache.append(1, f.input(t, 1), f.input(t, 1));  // LagKV compresses at 10
+        std::thread fresh([&] {
+          failing_allocations oom(0);
+          f.cache.append(1, f.input(9, 1), f.input(9, 1));
+        });
+        fresh.join();
+        std::exit(f.cache.compressions(1) == 1 ? 0 : 3);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// ... and on a warm thread when the data sends LagKV's scorer to its exact (double) fallback:
+// a reference channel whose range is a denormal (1/range overflows float).
+// OPEN BUG (reproducer, disabled): the exact (double) fallback allocates its scratch.
+TEST(AllocationFailure, DISABLED_WarmCompressionOnTheExactFallbackPathDoesNotAllocate) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        contract_fixture f;
+        f.cache.append(1, f.input(30, 1), f.input(30, 1));  // the fixture's thread has scored already
+        std::vector<float> tiny(f.k);
+        for (index_t h = 0; h < kH; ++h)
+          for (index_t t = 0; t < kC; ++t) tiny[static_cast<std::size_t>((h * kC + t) * kD)] = (t % 2 ? 2e-39f : 1e-39f);
+        f.cache.clear(1);
+        for (index_t t = 0; t < 9; ++t)
+          f.cache.append(1, lagkv::kv_input<float>{tiny.data() + t * kD, 1, lagkv::kv_layout::hsd(), kC}, f.input(t, 1));
+        {
+          failing_allocations oom(0);
+          f.cache.append(1, lagkv::kv_input<float>{tiny.data() + 9 * kD, 1, lagkv::kv_layout::hsd(), kC}, f.input(9, 1));
+        }
+        std::exit(f.cache.compressions(1) == 1 ? 0 : 3);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+// ---- Findings of the SIMD fuzzer ------------------------------------------------------------------
+// fuzz_simd, 2026-11-25 (tests/fuzz/findings/simd/regression_huge_normalised_avx512_fp32): a chunk
+// whose normalised values reach ~1e16 (a channel 4e16 away from a reference of range 1). The
+// oracle's stds of the two tokens differ by ~300, so it scores them exactly 0 and 1; in float the
+// stds are equal and every target scores 0.5 / 0.5 — and a top-1 keeps the other token.
+// dispatch.hpp promises the oracle's semantics within a relative tolerance and recomputes a
+// chunk with the oracle where float cannot represent it; this chunk needs that path too.
+class SimdFinding : public ::testing::TestWithParam<lagkv::simd::target> {};
+
+// OPEN BUG (reproducer, disabled): the float kernels need the oracle fallback for this chunk too.
+TEST_P(SimdFinding, DISABLED_HugeNormalisedValuesScoreAndSelectAsTheOracle) {
+  lagkv::simd::scoped_target use(GetParam());
+  const float chunk[8] = {0.f, 0.f, 4e16f, 0.f, /* token 1 */ 0.f, -2000.f, 4e16f, 0.f};
+  const float ref[8] = {0.f, 0.f, 0.f, 0.f, /* token 1 */ 1.f, 1.f, 1.f, 1.f};
+  const lagkv::kv_view<const float> c(chunk, 2, 4, 4), r(ref, 2, 4, 4);
+  float want[2], got[2];
+  lagkv::reference::lagkv_chunk_scores<float>(c, r, {}, {}, 0.0, want);
+  lagkv::dispatch::lagkv_chunk_scores<float>(c, r, {}, {}, 0.0, got);
+  ASSERT_EQ(want[0], 0.0f);
+  ASSERT_EQ(want[1], 1.0f);
+  EXPECT_NEAR(got[0], want[0], 1e-3);
+  EXPECT_NEAR(got[1], want[1], 1e-3);
+  EXPECT_EQ(lagkv::select_top_k(got, 2, 1), lagkv::select_top_k(want, 2, 1));
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryTarget, SimdFinding, ::testing::ValuesIn(lagkv::simd::available_targets()),
+                         [](const ::testing::TestParamInfo<lagkv::simd::target>& info) {
+                           return std::string(lagkv::simd::target_name(info.param));
+                         });
+
+// ---- Fuzzer seeds and findings, replayed --------------------------------------------------------------
+
+std::vector<std::string> corpus_files(const std::string& name, bool named) {
+  std::vector<std::string> out;
+  const std::filesystem::path dir = std::filesystem::path(LAGKV_SOURCE_DIR) / "tests" / "fuzz" / "corpus" / name;
+  if (!std::filesystem::is_directory(dir)) return out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string f = e.path().filename().string();
+    const bool is_named = f.rfind("seed_", 0) == 0 || f.rfind("regression_", 0) == 0;
+    if (is_named == named) out.push_back(f);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<std::uint8_t> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<std::uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::string corpus_path(const std::string& name, const std::string& file) {
+  return std::string(LAGKV_SOURCE_DIR) + "/tests/fuzz/corpus/" + name + "/" + file;
+}
+
+std::string test_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string n = info.param;
+  for (char& ch : n)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return n;
+}
+
+class CacheFuzzInput : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CacheFuzzInput, CacheEqualsThePlainModel) {
+  const auto bytes = read_bytes(corpus_path("cache", GetParam()));
+  ASSERT_FALSE(bytes.empty());
+  lagkv_fuzz::fuzz_stats stats;
+  try {
+    lagkv_fuzz::run_cache_program(bytes.data(), bytes.size(), stats);
+  } catch (const lagkv_fuzz::mismatch& e) {
+    FAIL() << e.what();
+  }
+  EXPECT_GE(stats.ops, 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Corpus, CacheFuzzInput, ::testing::ValuesIn(corpus_files("cache", true)), test_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(CacheFuzzInput);
+
+TEST(CacheFuzzCorpus, EveryGrownInputReplaysClean) {
+  const auto files = corpus_files("cache", false);
+  lagkv_fuzz::fuzz_stats stats;
+  for (const auto& f : files) {
+    const auto bytes = read_bytes(corpus_path("cache", f));
+    try {
+      lagkv_fuzz::run_cache_program(bytes.data(), bytes.size(), stats);
+    } catch (const lagkv_fuzz::mismatch& e) {
+      ADD_FAILURE() << f << ": " << e.what();
+    }
+  }
+  EXPECT_GE(files.size(), 100u);
+  EXPECT_GE(stats.compress_events, 1000u);
+}
+
+class SimdFuzzInput : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SimdFuzzInput, EveryTargetMatchesTheOracle) {
+  const auto bytes = read_bytes(corpus_path("simd", GetParam()));
+  lagkv_fuzz::simd_stats stats;
+  try {
+    lagkv_fuzz::run_simd_program(bytes.data(), bytes.size(), stats);
+  } catch (const lagkv_fuzz::simd_mismatch& e) {
+    FAIL() << e.what();
+  }
+  EXPECT_GE(stats.scores, 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Corpus, SimdFuzzInput, ::testing::ValuesIn(corpus_files("simd", true)), test_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(SimdFuzzInput);
+
+TEST(SimdFuzzCorpus, EveryGrownInputReplaysClean) {
+  lagkv_fuzz::simd_stats stats;
+  for (const auto& f : corpus_files("simd", false)) {
+    const auto bytes = read_bytes(corpus_path("simd", f));
+    try {
+      lagkv_fuzz::run_simd_program(bytes.data(), bytes.size(), stats);
+    } catch (const lagkv_fuzz::simd_mismatch& e) {
+      ADD_FAILURE() << f << ": " << e.what();
+    }
+  }
+  SUCCEED();
+}
+
+}  // namespace
