@@ -318,6 +318,7 @@ struct cell {
   double nll = 0.0, tokens = 0.0;       // perplexity
   double kept = 0.0, seq_len = 0.0;     // sums over items: tokens kept after the prompt, prompt length
   double held = 0.0;                    // perplexity: sum over windows of the mean tokens held per step
+  double key_kept = 0.0;                // passkey: sum over items of the fraction of key bytes kept
 };
 
 struct context {
@@ -344,22 +345,55 @@ index_t kept_tokens(const lagkv::kv_cache<T>& c) {
   return k;
 }
 
-// Greedy-decodes `answer.size()` bytes after `prompt`; stops at the first wrong byte (exact
-// match is decided there). Returns {match, tokens kept after the prompt}.
+// Fraction of the answer's bytes still cached, over every layer and KV head, where byte i counts
+// as kept when any copy of the answer in the prompt (starting at `copies`) kept its i-th byte:
+// how much of the passkey a policy left for the model to copy, which exact match needs.
 template <class T>
-std::pair<bool, index_t> answer(const context& ctx, const tiny_llm::compression& comp, const std::string& prompt,
-                                const std::string& expected) {
+double fraction_kept(const lagkv::kv_cache<T>& c, const std::vector<index_t>& copies, index_t n) {
+  if (copies.empty() || n == 0) return 0.0;
+  index_t hit = 0, all = 0;
+  std::vector<char> have(static_cast<std::size_t>(n));
+  for (index_t l = 0; l < c.config().layers; ++l)
+    for (index_t h = 0; h < c.config().kv_heads; ++h) {
+      std::fill(have.begin(), have.end(), 0);
+      for (index_t p : c.positions(l, h))
+        for (index_t a : copies)
+          if (p >= a && p < a + n) have[static_cast<std::size_t>(p - a)] = 1;
+      for (char k : have) hit += k;
+      all += n;
+    }
+  return static_cast<double>(hit) / static_cast<double>(all);
+}
+
+struct answer_result {
+  bool match = false;
+  index_t kept = 0;       // tokens kept after the prompt
+  double key_kept = 0.0;  // fraction of the answer's bytes kept in some copy in the prompt (0 if absent)
+};
+
+// Greedy-decodes `answer.size()` bytes after `prompt`; stops at the first wrong byte (exact
+// match is decided there).
+template <class T>
+answer_result answer(const context& ctx, const tiny_llm::compression& comp, const std::string& prompt,
+                     const std::string& expected) {
   const std::vector<std::uint8_t> ids(prompt.begin(), prompt.end());
   const auto len = static_cast<index_t>(ids.size()), n = static_cast<index_t>(expected.size());
   tiny_llm::session<T> s(*ctx.m, len + n, comp.make(len));
   tiny_llm::row_vector logits = s.prefill(ids, comp.chunk);
-  const index_t kept = kept_tokens(s.cache());
+  answer_result r;
+  r.kept = kept_tokens(s.cache());
+  std::vector<index_t> copies;
+  for (std::size_t at = prompt.find(expected); !expected.empty() && at != std::string::npos;
+       at = prompt.find(expected, at + 1))
+    copies.push_back(static_cast<index_t>(at));
+  r.key_kept = fraction_kept(s.cache(), copies, n);
   for (index_t i = 0; i < n; ++i) {
     const std::uint8_t next = tiny_llm::argmax(logits);
-    if (next != static_cast<std::uint8_t>(expected[static_cast<std::size_t>(i)])) return {false, kept};
+    if (next != static_cast<std::uint8_t>(expected[static_cast<std::size_t>(i)])) return r;
     if (i + 1 < n) logits = s.step(next);
   }
-  return {true, kept};
+  r.match = true;
+  return r;
 }
 
 struct window_result {
@@ -395,16 +429,21 @@ void run_item(context& ctx, std::size_t cell_index, int item) {
   const cell& c = ctx.cells[cell_index];
   const tiny_llm::compression comp = setting(ctx, c);
   bool ok = false;
-  double nll = 0.0, tokens = 0.0, held = 0.0;
+  double nll = 0.0, tokens = 0.0, held = 0.0, key_kept = 0.0;
   index_t kept = 0, len = 0;
   if (c.kind == task::passkey) {
     const tiny_llm::passkey::sample s =
         tiny_llm::passkey::standard_case(item, c.items, c.digits, ctx.m->cfg().max_ctx - c.digits);
-    std::tie(ok, kept) = answer<T>(ctx, comp, s.prompt, s.key);
+    const answer_result a = answer<T>(ctx, comp, s.prompt, s.key);
+    ok = a.match;
+    kept = a.kept;
+    key_kept = a.key_kept;
     len = static_cast<index_t>(s.prompt.size());
   } else if (c.kind == task::prompts) {
     const prompt_case& p = ctx.prompts[static_cast<std::size_t>(item)];
-    std::tie(ok, kept) = answer<T>(ctx, comp, p.prompt, p.answer);
+    const answer_result a = answer<T>(ctx, comp, p.prompt, p.answer);
+    ok = a.match;
+    kept = a.kept;
     len = static_cast<index_t>(p.prompt.size());
   } else {
     const window_result w = window_nll<T>(ctx, comp, item);
@@ -423,6 +462,7 @@ void run_item(context& ctx, std::size_t cell_index, int item) {
   r.kept += static_cast<double>(kept);
   r.seq_len += static_cast<double>(len);
   r.held += held;
+  r.key_kept += key_kept;
 }
 
 std::string clock(double s) {
@@ -581,6 +621,24 @@ std::string table(const context& ctx, double seconds, int threads) {
       }
     }
   }
+  if (!ext) {
+    // Exact match needs every byte of the key: this says whether a policy failed by evicting
+    // the key or kept it and the model still could not read it back.
+    t << "\n\nPasskey bytes still cached after the prompt (% of the key's bytes kept in at least one of its two "
+         "copies; mean over prompts, layers and KV heads):\n\n| policy |";
+    std::string kr = "|---|";
+    for (int d : o.digits)
+      for (double r : o.ratios) t << " " << d << "-digit " << fmt("%g", r) << "× |", kr += "---:|";
+    t << "\n" << kr;
+    for (const std::string& p : o.policies) {
+      t << "\n| " << label(p) << " |";
+      for (int d : o.digits)
+        for (double r : o.ratios) {
+          const cell* c = find(ctx, task::passkey, d, p, r);
+          t << " " << fmt("%.1f", 100.0 * c->key_kept / std::max(1, c->done)) << " |";
+        }
+    }
+  }
   const tiny_llm::compression& b = o.base;
   t << "\n\nExact match in % (" << (ext ? std::to_string(ctx.prompts.size()) + " prompts" : std::to_string(o.n) + " passkey prompts")
     << " per cell); perplexity per byte on " << o.ppl_windows << " held-out windows of " << o.ppl_len
@@ -598,14 +656,16 @@ void write_csv(const context& ctx, const std::string& path) {
   std::ofstream f(path);
   LAGKV_CHECK(f.good(), "--out: cannot write ", path);
   const tiny_llm::compression& b = ctx.o->base;
-  f << "task,digits,policy,ratio,items,correct,exact_match,perplexity,kept_mean,held_mean,seq_len_mean,sink,lag,window,"
+  f << "task,digits,policy,ratio,items,correct,exact_match,perplexity,kept_mean,held_mean,seq_len_mean,key_kept_pct,sink,"
+       "lag,window,"
        "chunk,dtype\n";
   for (const cell& c : ctx.cells) {
     const char* kind = c.kind == task::passkey ? "passkey" : c.kind == task::prompts ? "prompts" : "perplexity";
     f << kind << "," << c.digits << "," << c.policy << "," << c.ratio << "," << c.done << "," << c.correct << ","
       << (c.kind == task::perplexity ? "" : fmt("%.2f", exact_match(c))) << ","
       << (c.kind == task::perplexity ? fmt("%.4f", perplexity(c)) : "") << "," << fmt("%.1f", c.kept / c.done) << ","
-      << (c.kind == task::perplexity ? fmt("%.1f", c.held / c.done) : "") << "," << fmt("%.1f", c.seq_len / c.done) << "," << b.sink << "," << b.lag << "," << b.window << "," << b.chunk << ","
+      << (c.kind == task::perplexity ? fmt("%.1f", c.held / c.done) : "") << "," << fmt("%.1f", c.seq_len / c.done) << ","
+      << (c.kind == task::passkey ? fmt("%.1f", 100.0 * c.key_kept / c.done) : "") << "," << b.sink << "," << b.lag << "," << b.window << "," << b.chunk << ","
       << lagkv::dtype_name(ctx.o->dtype) << "\n";
   }
 }

@@ -270,6 +270,9 @@ def main():
     ap.add_argument("--max_steps", type=int, default=0, help="debug: stop after N steps")
     ap.add_argument("--fixed_len", type=int, default=0, help="debug: fixed seq len")
     ap.add_argument("--final_eval_n", type=int, default=50)
+    ap.add_argument("--resume", default="",
+                    help="continue from this checkpoint's weights at the last curriculum stage "
+                         "(fresh AdamW moments, --warmup then cosine over --minutes)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -287,6 +290,14 @@ def main():
 
     cfg = Config(n_layers=args.n_layers, ffn_dim=args.ffn_dim)
     model = TinyLlama(cfg)
+    resumed_step, resumed_tokens = 0, 0
+    if args.resume:
+        ck = torch.load(args.resume, map_location="cpu")
+        if ck["config"] != cfg.to_dict():
+            raise SystemExit(f"--resume {args.resume}: config {ck['config']} != {cfg.to_dict()}")
+        model.load_state_dict(ck["model"])
+        resumed_step, resumed_tokens = ck["step"], ck["tokens"]
+        print(f"[resume] {args.resume}: step {resumed_step}, {resumed_tokens} tokens", flush=True)
     nparam = sum(p.numel() for p in model.parameters())
     print(f"config {cfg.to_dict()} params {nparam} fp16 bytes {2 * nparam}", flush=True)
 
@@ -300,7 +311,7 @@ def main():
     budget = args.minutes * 60.0
     t_start = time.time()
     last_ckpt = t_start
-    step, tokens = 0, 0
+    step, tokens = resumed_step, resumed_tokens
     ema = None
     prev_L = None
     while True:
@@ -308,14 +319,14 @@ def main():
         f = el / budget
         if f >= 1.0 or (args.max_steps and step >= args.max_steps):
             break
-        L, maxd = curriculum(f)
+        L, maxd = curriculum(1.0 if args.resume else f)
         if args.fixed_len:
             L = args.fixed_len
         if L != prev_L:
             print(f"[curriculum] step {step} t={el / 60:.1f}min seq_len {L} max_digits {maxd}", flush=True)
             prev_L = L
         B = max(1, (args.tokens_per_step // 2 if L < 256 else args.tokens_per_step) // L)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)))
+        lr = args.lr * min(1.0, (step - resumed_step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)))
         for g in opt.param_groups:
             g["lr"] = lr
         x, y, w = batcher.batch(B, L, maxd)
@@ -331,7 +342,7 @@ def main():
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 25 == 0:
             el = time.time() - t_start
-            print(f"step {step} t={el / 60:.2f}min tok {tokens} tok/s {tokens / el:.0f} L {L} "
+            print(f"step {step} t={el / 60:.2f}min tok {tokens} tok/s {(tokens - resumed_tokens) / el:.0f} L {L} "
                   f"loss {loss.item():.4f} ema {ema:.4f} lr {lr:.2e} gnorm {float(gn):.2f}", flush=True)
         if time.time() - last_ckpt >= args.ckpt_minutes * 60:
             model.eval()

@@ -11,15 +11,15 @@ set grid
 set key outside below horizontal maxrows 3
 set title '16-digit passkey'
 plot '-' using 1:2 with linespoints lw 2 dt 2 pt 0 title 'full cache', '-' using 1:2 with linespoints lw 2 title 'LagKV', '-' using 1:2 with linespoints lw 2 title 'H2O', '-' using 1:2 with linespoints lw 2 title 'L2-norm (global)', '-' using 1:2 with linespoints lw 2 title 'L2-norm (chunked)', '-' using 1:2 with linespoints lw 2 title 'StreamingLLM', '-' using 1:2 with linespoints lw 2 title 'random'
-2 98
-4 98
-8 98
+2 99
+4 99
+8 99
 e
-2 59
-4 3
+2 56
+4 1
 8 0
 e
-2 29
+2 36
 4 0
 8 0
 e
@@ -35,15 +35,15 @@ e
 4 29
 8 12
 e
-2 30
-4 2
+2 31
+4 1
 8 0
 e
 set title '64-digit passkey'
 plot '-' using 1:2 with linespoints lw 2 dt 2 pt 0 title 'full cache', '-' using 1:2 with linespoints lw 2 title 'LagKV', '-' using 1:2 with linespoints lw 2 title 'H2O', '-' using 1:2 with linespoints lw 2 title 'L2-norm (global)', '-' using 1:2 with linespoints lw 2 title 'L2-norm (chunked)', '-' using 1:2 with linespoints lw 2 title 'StreamingLLM', '-' using 1:2 with linespoints lw 2 title 'random'
-2 79
-4 79
-8 79
+2 89
+4 89
+8 89
 e
 2 0
 4 0
@@ -61,8 +61,8 @@ e
 4 0
 8 0
 e
-2 53
-4 16
+2 57
+4 19
 8 5
 e
 2 0
