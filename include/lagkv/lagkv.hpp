@@ -25,6 +25,7 @@
 #include "lagkv/rope.hpp"
 #include "lagkv/simd/dispatch.hpp"
 #include "lagkv/executor.hpp"
+#include "lagkv/widen.hpp"
 #include "lagkv/policy/policy.hpp"
 #include "lagkv/policy/budget.hpp"
 #include "lagkv/policy/lagkv.hpp"
