@@ -4,6 +4,8 @@
 //
 //   Stream/<dtype>/D/lag        sum of every K and V byte (AVX2 integer adds, 4 accumulators)
 //   LagKV/<target>/...          dispatch::lagkv_sequence_scores per head, each target forced
+//   Paired/<target>/...         the stream and LagKV alternating in one loop: counters stream_GBps,
+//                               kernel_GBps, ratio (robust against other jobs on the machine)
 //   LagKVOracle/...             reference::lagkv_chunk_scores chunk by chunk (1 head: it is slow)
 //   LagKVEigen/...              the natural Eigen-expression version (1 head)
 //   L2/<target>, L2Stream, L2Eigen, L2Oracle   the same for L2-norm scoring (keys only)
@@ -22,7 +24,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <ctime>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,11 +60,13 @@ struct dataset {
   std::vector<T> k, v;
 };
 
+/// One dataset per (dtype, head_dim), kept for the whole run: with
+/// --benchmark_enable_random_interleaving the shapes alternate, and rebuilding would dominate.
 template <class T>
 dataset<T>& data_for(index_t d) {
-  static dataset<T> ds;
+  static std::map<index_t, dataset<T>> all;
+  dataset<T>& ds = all[d];
   if (ds.d != d) {
-    ds = dataset<T>{};
     ds.d = d;
     const std::size_t n = static_cast<std::size_t>(kHeads * kTokens * d);
     ds.k.resize(n);
@@ -138,6 +144,36 @@ void bm_lagkv(benchmark::State& st, lagkv::simd::target tg, index_t d, index_t l
     benchmark::DoNotOptimize(out.data());
   }
   st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations()) * 2 * kHeads * kTokens * d * static_cast<std::int64_t>(sizeof(T)));
+}
+
+/// The streaming read and the kernel alternating inside one timing loop, each timed with the
+/// process CPU clock: both see the same moment of a shared machine (other jobs' memory traffic
+/// moves separately-run benchmarks by up to 2x), so `ratio` (kernel rate / stream rate over the
+/// same bytes) is the robust figure. Reports stream_GBps, kernel_GBps (decimal) and ratio.
+template <class T>
+void bm_paired(benchmark::State& st, lagkv::simd::target tg, index_t d, index_t lag) {
+  auto& ds = data_for<T>(d);
+  lagkv::simd::scoped_target use(tg);
+  const index_t chunks = kTokens / lag - 1;
+  const std::size_t bytes = ds.k.size() * sizeof(T);
+  std::vector<float> out(static_cast<std::size_t>(chunks * lag));
+  double stream_s = 0.0, kernel_s = 0.0;
+  for (auto _ : st) {
+    const std::clock_t c0 = std::clock();
+    std::uint64_t sum = stream_sum(ds.k.data(), bytes) + stream_sum(ds.v.data(), bytes);
+    benchmark::DoNotOptimize(sum);
+    const std::clock_t c1 = std::clock();
+    for (index_t h = 0; h < kHeads; ++h)
+      lagkv::dispatch::lagkv_sequence_scores<T>(head_view(ds.k, d, h), head_view(ds.v, d, h), lag, chunks, 1.0, out.data());
+    benchmark::DoNotOptimize(out.data());
+    const std::clock_t c2 = std::clock();
+    stream_s += static_cast<double>(c1 - c0) / CLOCKS_PER_SEC;
+    kernel_s += static_cast<double>(c2 - c1) / CLOCKS_PER_SEC;
+  }
+  const double total = static_cast<double>(st.iterations()) * 2.0 * static_cast<double>(bytes) / 1e9;
+  st.counters["stream_GBps"] = total / stream_s;
+  st.counters["kernel_GBps"] = total / kernel_s;
+  st.counters["ratio"] = stream_s / kernel_s;
 }
 
 template <class T>
@@ -365,6 +401,10 @@ void register_dtype() {
       for (lagkv::simd::target tg : lagkv::simd::available_targets())
         benchmark::RegisterBenchmark(("LagKV/" + std::string(lagkv::simd::target_name(tg)) + "/" + shape).c_str(),
                                      [tg, d, lag](benchmark::State& st) { bm_lagkv<T>(st, tg, d, lag); });
+      for (lagkv::simd::target tg : lagkv::simd::available_targets())
+        if (tg != lagkv::simd::target::scalar)
+          benchmark::RegisterBenchmark(("Paired/" + std::string(lagkv::simd::target_name(tg)) + "/" + shape).c_str(),
+                                       [tg, d, lag](benchmark::State& st) { bm_paired<T>(st, tg, d, lag); });
       benchmark::RegisterBenchmark(("LagKVEigen/" + shape).c_str(), [d, lag](benchmark::State& st) { bm_lagkv_eigen<T>(st, d, lag); });
       benchmark::RegisterBenchmark(("LagKVOracle/" + shape).c_str(), [d, lag](benchmark::State& st) { bm_lagkv_oracle<T>(st, d, lag); });
     }

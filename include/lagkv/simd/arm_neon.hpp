@@ -72,7 +72,7 @@ inline uint32x4_t lanes_below(index_t pos, index_t valid) {
   return vcltq_u32(vld1q_u32(idx), vdupq_n_u32(static_cast<std::uint32_t>(left < 0 ? 0 : (left > 4 ? 4 : left))));
 }
 
-/// Two passes over a row parked in ubuf; see avx512::score4 for why.
+/// Two passes over a row parked in ubuf; see x86_kernels_inl.hpp's score_rows_two_pass for why.
 template <class T>
 inline float row_std(const T* row, index_t head_dim, const float* lo, const float* inv, float* ubuf) {
   using G = group<T>;
@@ -131,7 +131,6 @@ inline void minmax_row(const T* row, index_t head_dim, void* state) {
       vst1q_s16(reinterpret_cast<std::int16_t*>(s + lanes + c),
                 vminq_s16(vld1q_s16(reinterpret_cast<const std::int16_t*>(s + lanes + c)), vreinterpretq_s16_u16(x)));
       vst1q_u16(s + 2 * lanes + c, vmaxq_u16(vld1q_u16(s + 2 * lanes + c), x));
-      vst1q_u16(s + 3 * lanes + c, vminq_u16(vld1q_u16(s + 3 * lanes + c), x));
     }
   } else {
     for (index_t c = 0; c < head_dim; c += 4) {
@@ -148,7 +147,6 @@ inline void minmax_row(const T* row, index_t head_dim, void* state) {
       vst1q_s32(reinterpret_cast<std::int32_t*>(s + lanes + c),
                 vminq_s32(vld1q_s32(reinterpret_cast<const std::int32_t*>(s + lanes + c)), vreinterpretq_s32_u32(x)));
       vst1q_u32(s + 2 * lanes + c, vmaxq_u32(vld1q_u32(s + 2 * lanes + c), x));
-      vst1q_u32(s + 3 * lanes + c, vminq_u32(vld1q_u32(s + 3 * lanes + c), x));
     }
   }
 }

@@ -6,9 +6,9 @@
 /// A target supplies a handful of row kernels (`kernel_set<T>`); the chunk/sequence logic that
 /// calls them, the exact-semantics fallbacks and the softmax glue live once in dispatch.hpp.
 ///
-/// Reference min/max are tracked on the raw bit patterns with integer min/max (signed and
-/// unsigned of each lane), which needs no conversion, treats all dtypes alike and sees NaN for
-/// free: a NaN's pattern lies beyond the infinity's, so it shows up as an extreme key.
+/// Reference min/max are tracked on the raw bit patterns with integer min/max (signed max and
+/// min, unsigned max of each lane), which needs no conversion, treats all dtypes alike and sees
+/// NaN for free: a NaN's pattern lies beyond the infinity's, so it shows up as an extreme key.
 
 #include <algorithm>
 #include <cmath>
@@ -83,10 +83,14 @@ constexpr index_t mm_lanes(index_t head_dim) {
   constexpr index_t per64 = 64 / static_cast<index_t>(sizeof(typename key_traits<T>::u));
   return (head_dim + per64 - 1) / per64 * per64;
 }
-/// Bytes of one min/max state: four trackers (signed max, signed min, unsigned max, unsigned min).
+/// Bytes of one min/max state: three trackers (signed max, signed min, unsigned max). That is
+/// enough: the largest value is the largest non-negative pattern (signed max) or, when every
+/// value is negative, the smallest-magnitude negative one (signed min); the smallest value is
+/// the largest-magnitude negative pattern (unsigned max) or, with no negative value, the smallest
+/// pattern (signed min, which then equals the unsigned min). Three integer ops per vector.
 template <class T>
 constexpr std::size_t mm_state_bytes(index_t head_dim) {
-  return 4 * static_cast<std::size_t>(mm_lanes<T>(head_dim)) * sizeof(typename key_traits<T>::u);
+  return 3 * static_cast<std::size_t>(mm_lanes<T>(head_dim)) * sizeof(typename key_traits<T>::u);
 }
 
 /// Resets a min/max state to "no rows seen".
@@ -98,12 +102,10 @@ void mm_init(void* state, index_t head_dim) {
   S* smax = static_cast<S*>(state);
   S* smin = smax + n;
   U* umax = reinterpret_cast<U*>(smin + n);
-  U* umin = umax + n;
   // One loop per tracker: S and U may alias, so a fused loop would not vectorise (runs per chunk).
   std::fill(smax, smax + n, std::numeric_limits<S>::min());
   std::fill(smin, smin + n, std::numeric_limits<S>::max());
   std::fill(umax, umax + n, U{0});
-  std::fill(umin, umin + n, std::numeric_limits<U>::max());
 }
 
 /// Portable accumulation of `n` rows into a min/max state (the scalar target, and tails).
@@ -115,7 +117,6 @@ void mm_accumulate(void* state, index_t head_dim, const T* const* rows, index_t 
   S* smax = static_cast<S*>(state);
   S* smin = smax + lanes;
   U* umax = reinterpret_cast<U*>(smin + lanes);
-  U* umin = umax + lanes;
   for (index_t r = 0; r < n; ++r) {
     for (index_t c = 0; c < head_dim; ++c) {
       U u;
@@ -124,7 +125,6 @@ void mm_accumulate(void* state, index_t head_dim, const T* const* rows, index_t 
       smax[c] = s > smax[c] ? s : smax[c];
       smin[c] = s < smin[c] ? s : smin[c];
       umax[c] = u > umax[c] ? u : umax[c];
-      umin[c] = u < umin[c] ? u : umin[c];
     }
   }
 }
@@ -141,11 +141,10 @@ bool mm_resolve(const void* state, index_t head_dim, T* max_out, T* min_out) {
   const S* smax = static_cast<const S*>(state);
   const S* smin = smax + lanes;
   const U* umax = reinterpret_cast<const U*>(smin + lanes);
-  const U* umin = umax + lanes;
   bool nan = false;
   for (index_t c = 0; c < head_dim; ++c) {
     const U max_bits = smax[c] >= 0 ? static_cast<U>(smax[c]) : static_cast<U>(smin[c]);
-    const U min_bits = umax[c] >= kSign ? umax[c] : umin[c];
+    const U min_bits = umax[c] >= kSign ? umax[c] : static_cast<U>(smin[c]);
     nan |= smax[c] > static_cast<S>(kInf) || umax[c] > static_cast<U>(kSign | kInf);
     std::memcpy(max_out + c, &max_bits, sizeof max_bits);
     std::memcpy(min_out + c, &min_bits, sizeof min_bits);
