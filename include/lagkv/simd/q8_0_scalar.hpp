@@ -32,6 +32,11 @@ struct q8_kernel_set {
                      const float* bias, float* out, float* mn, float* mx);
   /// out[t] = -sqrt(sum over channels of (d*q)^2), in float (non-finite where a scale is).
   void (*l2_rows)(const block_q8_0* const* rows, index_t n, index_t nb, float* out);
+  /// From a finished per-channel min/max (`d` channels, a multiple of 32): lo = mn,
+  /// inv = 1/(mx - mn) (0 where the range is 0), bias = -lo*inv - 0.5. Returns whether every
+  /// |lo*inv + 0.5| <= 2, i.e. whether score_rows may use the bias form. Runs once per reference
+  /// chunk, so the vector targets vectorise it too.
+  bool (*ref_stats)(const float* mn, const float* mx, index_t d, float* lo, float* inv, float* bias);
 };
 
 /// A block's scale as float, exact (dtype.hpp's to_float), through integer ops for normal
@@ -99,8 +104,21 @@ inline void l2_rows(const block_q8_0* const* rows, index_t n, index_t nb, float*
   }
 }
 
+inline bool ref_stats(const float* mn, const float* mx, index_t d, float* lo, float* inv, float* bias) {
+  int far = 0;
+  for (index_t c = 0; c < d; ++c) {
+    const float range = mx[c] - mn[c];
+    const float r = range > 0.0f ? 1.0f / range : 0.0f;
+    lo[c] = mn[c];
+    inv[c] = r;
+    bias[c] = -mn[c] * r - 0.5f;
+    far |= static_cast<int>(!(std::fabs(mn[c] * r + 0.5f) <= 2.0f));
+  }
+  return far == 0;
+}
+
 /// The portable target's table.
-inline constexpr q8_kernel_set kKernels{&score_rows, &l2_rows};
+inline constexpr q8_kernel_set kKernels{&score_rows, &l2_rows, &ref_stats};
 
 }  // namespace scalar
 }  // namespace q8

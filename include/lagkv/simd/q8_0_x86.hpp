@@ -5,15 +5,27 @@
 /// lagkv::simd::active_target() (so LAGKV_SIMD and simd::force() pick these too).
 ///
 /// Dequantisation: 16 (AVX-512) or 8 (AVX2) int8 values are sign-extended to int32 (vpmovsxbd
-/// straight from memory) and converted to float (exact), then multiplied by the block's scale
-/// (widened by integer ops, see scale_of): exact. The same registers feed the min/max trackers
-/// and the standard deviation, in the one-pass form of the fp16/bf16 kernels
-/// (simd/x86_avx512.hpp): S1 = sum z and S2 = sum z^2 of z = y - 0.5, accepted only where
-/// S1^2/D <= 2 (S2 - S1^2/D), else -1 (the driver redoes the row in two passes);
-/// z = fma(x, inv, bias) when |bias| <= 2, else fma(x - lo, inv, -0.5). Rows are read front to
-/// back (interleaving rows defeats the hardware prefetcher); per-row partial sums are parked
-/// in a small buffer and four rows share one transposing reduction. head_dim is a multiple of
-/// 32 (whole q8_0 blocks): no tails.
+/// straight from memory) and converted to float (exact), then multiplied by the block's scale:
+/// exact. The scale is widened by the scalar F16C conversion (vcvtph2ps on one lane: exact, like
+/// to_float) and broadcast; Inf/NaN scales are flagged branch-free by an integer carry trick
+/// (see scale_bad). The same registers feed the min/max trackers and the standard deviation,
+/// in the one-pass form of the fp16/bf16 kernels: S1 = sum z and S2 = sum z^2 of z = y - 0.5,
+/// accepted only where S1^2/D <= 2 (S2 - S1^2/D), else -1 (the driver redoes the row in two
+/// passes); z = fma(x, inv, bias) when |bias| <= 2, else fma(x - lo, inv, -0.5). Rows are read
+/// front to back (interleaving rows defeats the hardware prefetcher); per-row partial sums are
+/// parked in a small buffer and four rows share one transposing reduction. head_dim is a
+/// multiple of 32 (whole q8_0 blocks): no tails.
+///
+/// Measured on Zen 4 (bench/RESULTS.md "q8_0"): per 16 values the LagKV kernel issues 8 vector
+/// ops (sign-extend, convert, scale, min, max, normalise, S1, S2), four of them on the FP add
+/// pipes (convert, min, max, add); it is compute-bound, far below the DRAM stream on one core.
+/// Kept: the branch-free F16C scale (the integer widening of scale_of had two branches and ~12
+/// scalar ops per block: L2-norm 2x faster in cache, LagKV ~10 %), the vectorised ref_stats.
+/// Tried and not kept (no gain measured): the 1.5*2^23 magic-number conversion folded into one
+/// FMA with the scale (moves the convert off the add pipes); gathering a batch's scales and
+/// converting them 16 at a time (store-forwarding stall); inv and bias held in registers over
+/// blocks of rows with the channel loop outside; two rows interleaved; 4 accumulator pairs
+/// per row; S1 summed on the FMA pipes.
 
 #include "lagkv/q8_0.hpp"
 #include "lagkv/simd/q8_0_scalar.hpp"
@@ -25,6 +37,17 @@
 
 #include <cstdint>
 #include <cstring>
+
+namespace lagkv {
+namespace simd {
+namespace q8 {
+/// Accumulates a branch-free Inf/NaN flag: (bits & 0x7c00) + 0x400 carries into bit 15 exactly
+/// when all five exponent bits are set. Test `acc & 0x8000` once per batch.
+inline unsigned scale_bad(unsigned bits) { return (bits & 0x7c00u) + 0x400u; }
+inline constexpr unsigned kScaleBadBit = 0x8000u;
+}  // namespace q8
+}  // namespace simd
+}  // namespace lagkv
 
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA + F16C
@@ -59,11 +82,19 @@ inline void store_n(float* out, __m128 v, index_t n) {
 /// Rows per batch: the per-row partial sums of a batch fit a small stack buffer.
 inline constexpr index_t kRows = 16;
 
+/// A block's scale as a broadcast float (F16C: exact, like to_float); flags Inf/NaN into `bad`.
+inline __m256 scale8(const block_q8_0& b, unsigned& bad) {
+  const unsigned bits = b.d.bits;
+  bad |= scale_bad(bits);
+  return _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(bits))));
+}
+
 /// One q8_0 block over a batch of rows: its 8 trackers (min and max of 32 channels) and the row
 /// partials fill AVX2's 16 registers, so blocks go one at a time and the batch stays in L1.
 template <bool kScore, bool kFold, bool kBias>
 inline unsigned block_rows(const block_q8_0* const* rows, index_t n, index_t b, const float* lo, const float* inv,
                            const float* bias, float* mn, float* mx, __m256* p1, __m256* p2) {
+  unsigned bad = 0;
   const index_t c = b * kQ8BlockValues;
   __m256 tl[4], th[4];
   if (kFold)
@@ -72,10 +103,9 @@ inline unsigned block_rows(const block_q8_0* const* rows, index_t n, index_t b, 
       th[k] = _mm256_loadu_ps(mx + c + 8 * k);
     }
   const __m256 neg_half = _mm256_set1_ps(-0.5f);
-  unsigned bad = 0;
   for (index_t i = 0; i < n; ++i) {
     const block_q8_0& blk = rows[i][b];
-    const __m256 d = _mm256_set1_ps(scale_of(blk, bad));
+    const __m256 d = scale8(blk, bad);
     __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps();
     if (kScore && b > 0) {
       a1 = p1[i];
@@ -111,7 +141,7 @@ inline unsigned block_rows(const block_q8_0* const* rows, index_t n, index_t b, 
       _mm256_storeu_ps(mn + c + 8 * k, tl[k]);
       _mm256_storeu_ps(mx + c + 8 * k, th[k]);
     }
-  return bad;
+  return bad & kScaleBadBit;
 }
 
 /// std (or -1) of each row of a batch from its partials: four rows per reduction.
@@ -160,8 +190,8 @@ inline bool score_rows(const block_q8_0* const* rows, index_t n, index_t nb, con
 
 /// sum of (d*q)^2 per row: q^2 summed exactly in int32 (vpmaddwd on sign-extended int16), then
 /// scaled by d^2 (exact in float) into a float accumulator per row.
+/// A non-finite scale gives a non-finite result, which the driver recomputes with the oracle.
 inline void l2_rows(const block_q8_0* const* rows, index_t n, index_t nb, float* out) {
-  unsigned bad = 0;  // non-finite results are caught by the driver
   for (index_t t = 0; t < n; t += 4) {
     const index_t nr = n - t < 4 ? n - t : 4;
     __m256 acc[4];
@@ -173,8 +203,8 @@ inline void l2_rows(const block_q8_0* const* rows, index_t n, index_t nb, float*
         const __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r[b].qs)));
         const __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r[b].qs + 16)));
         const __m256i qq = _mm256_add_epi32(_mm256_madd_epi16(x0, x0), _mm256_madd_epi16(x1, x1));
-        const float d = scale_of(r[b], bad);
-        a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qq), _mm256_set1_ps(d * d), a);
+        const __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128(r[b].d.bits));  // exact; Inf/NaN propagate
+        a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qq), _mm256_broadcastss_ps(_mm_mul_ss(d, d)), a);
       }
       acc[i] = a;
     }
@@ -182,8 +212,25 @@ inline void l2_rows(const block_q8_0* const* rows, index_t n, index_t nb, float*
   }
 }
 
+/// See q8_kernel_set::ref_stats: 8 channels per step (d is a multiple of 32).
+inline bool ref_stats(const float* mn, const float* mx, index_t d, float* lo, float* inv, float* bias) {
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+  const __m256 two = _mm256_set1_ps(2.0f), abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 far = zero;
+  for (index_t c = 0; c < d; c += 8) {
+    const __m256 l = _mm256_loadu_ps(mn + c), range = _mm256_sub_ps(_mm256_loadu_ps(mx + c), l);
+    const __m256 pos = _mm256_cmp_ps(range, zero, _CMP_GT_OQ);
+    const __m256 r = _mm256_and_ps(pos, _mm256_div_ps(one, _mm256_blendv_ps(one, range, pos)));
+    _mm256_storeu_ps(lo + c, l);
+    _mm256_storeu_ps(inv + c, r);
+    _mm256_storeu_ps(bias + c, _mm256_fnmsub_ps(l, r, half));  // -lo*r - 0.5
+    far = _mm256_or_ps(far, _mm256_cmp_ps(_mm256_and_ps(_mm256_fmadd_ps(l, r, half), abs_mask), two, _CMP_NLE_UQ));
+  }
+  return _mm256_movemask_ps(far) == 0;
+}
+
 /// The AVX2 target's table (call only where the CPU has AVX2, FMA and F16C).
-inline constexpr q8_kernel_set kKernels{&score_rows, &l2_rows};
+inline constexpr q8_kernel_set kKernels{&score_rows, &l2_rows, &ref_stats};
 
 }  // namespace avx2
 }  // namespace q8
@@ -238,11 +285,19 @@ inline void store_n(float* out, __m128 v, index_t n) {
 
 inline constexpr index_t kRows = 16;
 
+/// A block's scale as a broadcast float (F16C: exact, like to_float); flags Inf/NaN into `bad`.
+inline __m512 scale16(const block_q8_0& b, unsigned& bad) {
+  const unsigned bits = b.d.bits;
+  bad |= scale_bad(bits);
+  return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(bits))));
+}
+
 /// Blocks [b0, b0+K) of a batch of rows (2K trackers of min and of max, K <= 4: 16 of 32
 /// registers), each row front to back; the row's partial sums continue those of earlier groups.
 template <int K, bool kScore, bool kFold, bool kBias>
 inline unsigned group_rows(const block_q8_0* const* rows, index_t n, index_t b0, const float* lo, const float* inv,
                            const float* bias, float* mn, float* mx, __m512* p1, __m512* p2) {
+  unsigned bad = 0;
   const index_t c0 = b0 * kQ8BlockValues;
   __m512 tl[2 * K], th[2 * K];
   if (kFold)
@@ -251,7 +306,6 @@ inline unsigned group_rows(const block_q8_0* const* rows, index_t n, index_t b0,
       th[k] = _mm512_loadu_ps(mx + c0 + 16 * k);
     }
   const __m512 neg_half = _mm512_set1_ps(-0.5f);
-  unsigned bad = 0;
   for (index_t i = 0; i < n; ++i) {
     const block_q8_0* r = rows[i] + b0;
     __m512 a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(), b2 = _mm512_setzero_ps();
@@ -261,7 +315,7 @@ inline unsigned group_rows(const block_q8_0* const* rows, index_t n, index_t b0,
     }
 #pragma GCC unroll 4
     for (int k = 0; k < K; ++k) {
-      const __m512 d = _mm512_set1_ps(scale_of(r[k], bad));
+      const __m512 d = scale16(r[k], bad);
       const __m512 v0 = _mm512_mul_ps(q16(r[k], 0), d);
       const __m512 v1 = _mm512_mul_ps(q16(r[k], 1), d);
       if (kFold) {
@@ -293,7 +347,7 @@ inline unsigned group_rows(const block_q8_0* const* rows, index_t n, index_t b0,
       _mm512_storeu_ps(mn + c0 + 16 * k, tl[k]);
       _mm512_storeu_ps(mx + c0 + 16 * k, th[k]);
     }
-  return bad;
+  return bad & kScaleBadBit;
 }
 
 /// std (or -1) of each row of a batch from its partials: four rows per reduction.
@@ -348,8 +402,8 @@ inline bool score_rows(const block_q8_0* const* rows, index_t n, index_t nb, con
 }
 
 /// See avx2::l2_rows: exact int32 q^2 per block (vpmaddwd), scaled by d^2 in float.
+/// A non-finite scale gives a non-finite result, which the driver recomputes with the oracle.
 inline void l2_rows(const block_q8_0* const* rows, index_t n, index_t nb, float* out) {
-  unsigned bad = 0;  // non-finite results are caught by the driver
   for (index_t t = 0; t < n; t += 4) {
     const index_t nr = n - t < 4 ? n - t : 4;
     __m512 acc[4];
@@ -359,8 +413,8 @@ inline void l2_rows(const block_q8_0* const* rows, index_t n, index_t nb, float*
       __m512 a = _mm512_setzero_ps();
       for (index_t b = 0; b < nb; ++b) {
         const __m512i x = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r[b].qs)));
-        const float d = scale_of(r[b], bad);
-        a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(x, x)), _mm512_set1_ps(d * d), a);
+        const __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128(r[b].d.bits));  // exact; Inf/NaN propagate
+        a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(x, x)), _mm512_broadcastss_ps(_mm_mul_ss(d, d)), a);
       }
       acc[i] = a;
     }
@@ -368,8 +422,24 @@ inline void l2_rows(const block_q8_0* const* rows, index_t n, index_t nb, float*
   }
 }
 
+/// See q8_kernel_set::ref_stats: 16 channels per step (d is a multiple of 32).
+inline bool ref_stats(const float* mn, const float* mx, index_t d, float* lo, float* inv, float* bias) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
+  const __m512 two = _mm512_set1_ps(2.0f);
+  __mmask16 far = 0;
+  for (index_t c = 0; c < d; c += 16) {
+    const __m512 l = _mm512_loadu_ps(mn + c), range = _mm512_sub_ps(_mm512_loadu_ps(mx + c), l);
+    const __m512 r = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(range, zero, _CMP_GT_OQ), one, range);
+    _mm512_storeu_ps(lo + c, l);
+    _mm512_storeu_ps(inv + c, r);
+    _mm512_storeu_ps(bias + c, _mm512_fnmsub_ps(l, r, half));  // -lo*r - 0.5
+    far |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_fmadd_ps(l, r, half)), two, _CMP_NLE_UQ);
+  }
+  return far == 0;
+}
+
 /// The AVX-512 target's table (call only where the CPU has AVX-512 F/BW/VL/DQ, FMA and F16C).
-inline constexpr q8_kernel_set kKernels{&score_rows, &l2_rows};
+inline constexpr q8_kernel_set kKernels{&score_rows, &l2_rows, &ref_stats};
 
 }  // namespace avx512
 }  // namespace q8
