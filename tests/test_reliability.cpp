@@ -9,8 +9,10 @@
 #include <lagkv/cache.hpp>
 #include <lagkv/executor.hpp>
 #include <lagkv/npy.hpp>
+#include <lagkv/paged.hpp>
 #include <lagkv/select.hpp>
 #include <lagkv/simd/dispatch.hpp>
+#include <lagkv/simd/q8_0_dispatch.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -829,7 +831,7 @@ TEST(AllocationFailure, WarmAppendsAndCompressionsDoNotAllocate) {
   lagkv::policy_spec s;
   s.budget = 16, s.share_heads = true;
   f.cache.set_policy(2, lagkv::make_policy("l2norm", s));
-  for (index_t t = 0; t < 30; ++t) f.cache.append(2, f.input(t, 1), f.input(t, 1));  // warms this thread's scorer
+  for (index_t t = 0; t < 30; ++t) f.cache.append(2, f.input(t, 1), f.input(t, 1));  // layer 2 at its budget
   f.cache.compress_all();
   const long before = alloc_control::allocations.load();
   {
@@ -845,10 +847,10 @@ TEST(AllocationFailure, WarmAppendsAndCompressionsDoNotAllocate) {
 // The same promise on a thread that has never scored before (an engine's new worker, or one
 // of thread_pool's): its first compression must not need memory either. Run in a child process
 // (a death-test) because a violation is std::terminate: an allocation failing inside the
-// cache's noexcept mutation phase.
-// OPEN BUG (kept as the reproducer, disabled so CI stays meaningful): the SIMD scorer's
-// thread-local workspace grows on a thread's first compression, inside the noexcept phase.
-TEST(AllocationFailure, DISABLED_FirstCompressionOnAFreshThreadDoesNotAllocate) {
+// cache's noexcept mutation phase. (Was a finding, see docs/reliability.md "Fixed": the SIMD
+// scorer's thread-local workspace grew on a thread's first compression, inside that phase; the
+// policies now score through scratch of their own, reserved when they are bound.)
+TEST(AllocationFailure, FirstCompressionOnAFreshThreadDoesNotAllocate) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
@@ -866,9 +868,9 @@ TEST(AllocationFailure, DISABLED_FirstCompressionOnAFreshThreadDoesNotAllocate) 
 }
 
 // ... and on a warm thread when the data sends LagKV's scorer to its exact (double) fallback:
-// a reference channel whose range is a denormal (1/range overflows float).
-// OPEN BUG (reproducer, disabled): the exact (double) fallback allocates its scratch.
-TEST(AllocationFailure, DISABLED_WarmCompressionOnTheExactFallbackPathDoesNotAllocate) {
+// a reference channel whose range is a denormal (1/range overflows float). (Was a finding: the
+// exact fallback allocated its scratch; it now uses the policy's reserved scratch.)
+TEST(AllocationFailure, WarmCompressionOnTheExactFallbackPathDoesNotAllocate) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
@@ -889,18 +891,251 @@ TEST(AllocationFailure, DISABLED_WarmCompressionOnTheExactFallbackPathDoesNotAll
       ::testing::ExitedWithCode(0), "");
 }
 
+// The same on a fresh thread for every scoring policy and every engine layout (the transposed V
+// of llama.cpp makes the scorers copy rows; paged memory walks a block table), with data that
+// sends LagKV's scorer to its exact fallback in both tensors: a K channel whose reference range
+// is a denormal (1/range overflows float) and a V token 1e30 away (stds far above 2^12).
+enum class fresh_layout { owned, llama, paged };
+using fresh_param = std::tuple<std::string, fresh_layout>;  // policy name, memory
+
+const char* fresh_layout_name(fresh_layout l) {
+  switch (l) {
+    case fresh_layout::owned: return "owned";
+    case fresh_layout::llama: return "llama";
+    case fresh_layout::paged: return "paged";
+  }
+  return "?";
+}
+
+// Runs in the death test's child: exits 0 when the fresh thread's compressing append succeeded.
+[[noreturn]] void compress_on_a_fresh_thread(const std::string& policy, fresh_layout layout) {
+  constexpr index_t H = 2, D = 8, C = 32, B = 4;
+  lagkv::cache_config cfg;
+  cfg.kv_heads = H, cfg.head_dim = D, cfg.capacity = C;
+  lagkv::policy_spec spec;
+  spec.sink = 2, spec.lag = 4;
+  if (policy == "l2norm") spec.budget = 12;
+  std::vector<float> k = lagkv_test::random_kv(11, H, C, D), v = lagkv_test::random_kv(12, H, C, D);
+  for (index_t h = 0; h < H; ++h)
+    for (index_t t = 0; t < C; ++t) k[static_cast<std::size_t>((h * C + t) * D)] = t % 2 ? 2e-39f : 1e-39f;
+  v[static_cast<std::size_t>(3 * D + 5)] = 1e30f;  // head 0, token 3 (scored chunk 0), channel 5
+  std::vector<float> km(static_cast<std::size_t>(H * C * D)), vm(km.size());
+  std::vector<std::int32_t> table(C / B);
+  for (index_t b = 0; b < C / B; ++b) table[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(C / B - 1 - b);
+  std::vector<lagkv::layer_memory<float>> mem(1);
+  mem[0].k = km.data(), mem[0].v = vm.data();
+  if (layout == fresh_layout::llama) {
+    mem[0].k_layout = lagkv::kv_layout::shd();
+    mem[0].v_layout = lagkv::kv_layout::hds();
+  }
+  if (layout == fresh_layout::paged) mem[0].k_layout = mem[0].v_layout = lagkv::kv_layout::paged(table.data(), B);
+  lagkv::kv_cache<float> cache = layout == fresh_layout::owned
+                                     ? lagkv::kv_cache<float>(cfg, lagkv::make_policy(policy, spec))
+                                     : lagkv::kv_cache<float>(cfg, mem, lagkv::make_policy(policy, spec));
+  auto in = [&](const std::vector<float>& x, index_t first, index_t n) {
+    return lagkv::kv_input<float>{x.data() + first * D, n, lagkv::kv_layout::hsd(), C};
+  };
+  const index_t before = policy == "l2norm" ? 12 : 9;  // the next append compresses
+  for (index_t t = 0; t < before; ++t) cache.append(0, in(k, t, 1), in(v, t, 1));
+  if (cache.compressions(0) != 0) std::exit(4);
+  std::thread fresh([&] {
+    failing_allocations oom(0);  // every allocation fails: one would terminate (noexcept phase)
+    cache.append(0, in(k, before, 1), in(v, before, 1));
+  });
+  fresh.join();
+  std::exit(cache.compressions(0) == 1 ? 0 : 3);
+}
+
+class FreshThreadCompression : public ::testing::TestWithParam<fresh_param> {};
+
+TEST_P(FreshThreadCompression, DoesNotAllocate) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(compress_on_a_fresh_thread(std::get<0>(GetParam()), std::get<1>(GetParam())),
+              ::testing::ExitedWithCode(0), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EveryPolicyAndLayout, FreshThreadCompression,
+    ::testing::Combine(::testing::Values("lagkv", "l2norm-chunked", "l2norm"),
+                       ::testing::Values(fresh_layout::owned, fresh_layout::llama, fresh_layout::paged)),
+    [](const ::testing::TestParamInfo<fresh_param>& info) {
+      std::string n = std::get<0>(info.param) + "_" + fresh_layout_name(std::get<1>(info.param));
+      std::replace(n.begin(), n.end(), '-', '_');
+      return n;
+    });
+
+// paged_layer (one sequence's layer in an engine's block pool) scores through the same policies:
+// its compaction on a fresh thread needs no memory either (fp16; release_blocks = false, so the
+// append has no freed-block list to fill).
+[[noreturn]] void paged_compress_on_a_fresh_thread() {
+  constexpr index_t H = 2, D = 8, B = 4, N = 32;
+  lagkv::paged_config cfg;
+  cfg.block_size = B, cfg.kv_heads = H, cfg.head_dim = D, cfg.max_tokens = N, cfg.num_blocks = N / B;
+  cfg.release_blocks = false;
+  std::vector<lagkv::f16> kpool(static_cast<std::size_t>(N * H * D)), vpool(kpool.size());
+  lagkv::policy_spec spec;
+  spec.sink = 2, spec.lag = 4;
+  lagkv::paged_layer<lagkv::f16> layer(cfg, kpool.data(), vpool.data(), lagkv::make_policy("lagkv", spec));
+  std::vector<std::int32_t> ids(N / B);
+  for (index_t b = 0; b < N / B; ++b) ids[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(N / B - 1 - b);
+  lagkv::block_table table{ids.data(), N / B};
+  const auto k = lagkv_test::convert<lagkv::f16>(lagkv_test::random_kv(41, N, H, D));  // [tokens, H, D]
+  const auto v = lagkv_test::convert<lagkv::f16>(lagkv_test::random_kv(42, N, H, D));
+  for (index_t t = 0; t < 9; ++t) layer.append(k.data() + t * H * D, v.data() + t * H * D, 1, table);
+  if (layer.compressions() != 0) std::exit(4);
+  std::thread fresh([&] {
+    failing_allocations oom(0);
+    layer.append(k.data() + 9 * H * D, v.data() + 9 * H * D, 1, table);
+  });
+  fresh.join();
+  std::exit(layer.compressions() == 1 ? 0 : 3);
+}
+
+TEST(AllocationFailure, PagedLayerCompressionOnAFreshThreadDoesNotAllocate) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(paged_compress_on_a_fresh_thread(), ::testing::ExitedWithCode(0), "");
+}
+
+// ---- Scoring scratch: reserved, a scoring call allocates nothing -----------------------------------
+// simd::scratch (and simd::q8_0_scratch) reserved for a shape make every scoring entry point
+// allocation-free on every target, exact fallbacks included; the results equal those computed
+// with the per-thread scratch. (Checked with every allocation failing: one would throw.)
+
+std::vector<std::string> target_names() {
+  std::vector<std::string> names;
+  for (auto t : lagkv::simd::available_targets()) names.push_back(lagkv::simd::target_name(t));
+  return names;
+}
+
+using scratch_param = std::tuple<std::string, lagkv::dtype, bool>;  // target, dtype, strided rows
+class ReservedScratch : public ::testing::TestWithParam<scratch_param> {};
+
+template <class T>
+void check_reserved_scratch(bool strided) {
+  constexpr index_t D = 12, lag = 8, chunks = 3, n = (chunks + 1) * lag, l2_rows = 40;
+  // Rows of a [D, tokens] (transposed, like view_hds) or [tokens, D] buffer; two data sets:
+  // ordinary values, and values that take the exact path: a K channel whose range is a denormal
+  // (fp32, bf16; 1/range overflows float), a V outlier 60000 against a reference range of 2^-7
+  // (stds ~1e6 > 2^12), and a NaN token.
+  for (int exact = 0; exact < 2; ++exact) {
+    std::vector<float> kf = lagkv_test::random_kv(21, 1, l2_rows, D), vf = lagkv_test::random_kv(22, 1, l2_rows, D);
+    if (exact) {
+      for (index_t t = 0; t < l2_rows; ++t)
+        kf[static_cast<std::size_t>(t * D + 2)] = std::is_same_v<T, lagkv::f16> ? 1.0f : (t % 2 ? 2e-39f : 1e-39f);
+      for (index_t t = lag; t < 2 * lag + 3; ++t)
+        vf[static_cast<std::size_t>(t * D + 7)] = t == lag ? 1.0078125f : 1.0f;
+      vf[static_cast<std::size_t>(5 * D + 7)] = 60000.0f;
+      kf[static_cast<std::size_t>(9 * D + 1)] = NAN;
+    }
+    auto store = [&](const std::vector<float>& x, std::vector<T>& mem) {
+      mem.resize(x.size());
+      for (index_t t = 0; t < l2_rows; ++t)
+        for (index_t c = 0; c < D; ++c)
+          mem[static_cast<std::size_t>(strided ? c * l2_rows + t : t * D + c)] =
+              lagkv::from_float<T>(x[static_cast<std::size_t>(t * D + c)]);
+      return strided ? lagkv::view_hds<const T>(mem.data(), 1, D, l2_rows, 0, l2_rows)
+                     : lagkv::kv_view<const T>(mem.data(), l2_rows, D, D);
+    };
+    std::vector<T> km, vm;
+    const lagkv::kv_view<const T> k = store(kf, km), v = store(vf, vm);
+    std::vector<float> seq(chunks * lag), one(lag), l2(l2_rows), seq_want(seq.size()), one_want(lag), l2_want(l2_rows);
+    lagkv::dispatch::lagkv_sequence_scores<T>(k.slice(0, n), v.slice(0, n), lag, chunks, 0.5, seq_want.data());
+    lagkv::dispatch::lagkv_chunk_scores<T>(k.slice(0, lag), k.slice(lag, lag + 3), v.slice(0, lag),
+                                           v.slice(lag, lag + 3), 0.5, one_want.data());
+    lagkv::dispatch::l2norm_scores<T>(k, l2_want.data());
+    lagkv::simd::scratch sc;
+    sc.reserve(lagkv::dtype_traits<T>::tag, lag + 3, D, strided);
+    sc.reserve(lagkv::dtype_traits<T>::tag, l2_rows, D, strided);  // reservations accumulate
+    lagkv::simd::scratch copy(sc);  // copies are reserved like their source
+    {
+      failing_allocations oom(0);
+      EXPECT_NO_THROW(
+          lagkv::dispatch::lagkv_sequence_scores<T>(k.slice(0, n), v.slice(0, n), lag, chunks, 0.5, seq.data(), sc));
+      EXPECT_NO_THROW(lagkv::dispatch::lagkv_chunk_scores<T>(k.slice(0, lag), k.slice(lag, lag + 3), v.slice(0, lag),
+                                                             v.slice(lag, lag + 3), 0.5, one.data(), sc));
+      lagkv::simd::scratch moved(std::move(copy));
+      EXPECT_NO_THROW(lagkv::dispatch::l2norm_scores<T>(k, l2.data(), moved));
+    }
+    auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
+      for (std::size_t i = 0; i < a.size(); ++i)
+        if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0 && !(std::isnan(a[i]) && std::isnan(b[i]))) return false;
+      return true;
+    };
+    EXPECT_TRUE(same(seq, seq_want)) << "exact=" << exact;
+    EXPECT_TRUE(same(one, one_want)) << "exact=" << exact;
+    EXPECT_TRUE(same(l2, l2_want)) << "exact=" << exact;
+  }
+}
+
+TEST_P(ReservedScratch, ScoringAllocatesNothingAndEqualsThePerThreadScratch) {
+  lagkv::simd::target t{};
+  ASSERT_TRUE(lagkv::simd::parse_target(std::get<0>(GetParam()).c_str(), &t));
+  lagkv::simd::scoped_target use(t);
+  const bool strided = std::get<2>(GetParam());
+  lagkv::visit_dtype(std::get<1>(GetParam()), [&](auto tag) { check_reserved_scratch<decltype(tag)>(strided); });
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryTargetDtypeAndLayout, ReservedScratch,
+                         ::testing::Combine(::testing::ValuesIn(target_names()),
+                                            ::testing::Values(lagkv::dtype::f32, lagkv::dtype::f16, lagkv::dtype::bf16),
+                                            ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<scratch_param>& info) {
+                           return std::get<0>(info.param) + "_" + lagkv::dtype_name(std::get<1>(info.param)) +
+                                  (std::get<2>(info.param) ? "_strided" : "_contiguous");
+                         });
+
+class ReservedQ8Scratch : public ::testing::TestWithParam<std::string> {};  // a target name
+
+TEST_P(ReservedQ8Scratch, ScoringAllocatesNothingExactPathIncluded) {
+  lagkv::simd::target t{};
+  ASSERT_TRUE(lagkv::simd::parse_target(GetParam().c_str(), &t));
+  lagkv::simd::scoped_target use(t);
+  constexpr index_t D = 64, lag = 8, chunks = 3, n = (chunks + 1) * lag, nb = D / 32;
+  const std::vector<float> x = lagkv_test::random_kv(31, 1, n, D), y = lagkv_test::random_kv(32, 1, n, D);
+  std::vector<lagkv::block_q8_0> kq(static_cast<std::size_t>(n * nb)), vq(kq.size());
+  lagkv::quantize_q8_0(x.data(), n * D, kq.data());
+  lagkv::quantize_q8_0(y.data(), n * D, vq.data());
+  kq[static_cast<std::size_t>(3 * nb)].d.bits = 0x7c00;  // +Inf scale: token 3 of chunk 0 -> exact path
+  vq[static_cast<std::size_t>(20 * nb + 1)].d.bits = 0x7c00;  // and in V (chunk 2, chunk 1's reference)
+  const auto k = lagkv::view_q8_hsd(kq.data(), 1, n, D, 0, n), v = lagkv::view_q8_hsd(vq.data(), 1, n, D, 0, n);
+  std::vector<float> seq(chunks * lag), one(lag), l2(n), seq_want(seq.size()), one_want(lag), l2_want(n);
+  lagkv::dispatch::lagkv_sequence_scores(k, v, lag, chunks, 1.0, seq_want.data());
+  lagkv::dispatch::lagkv_chunk_scores(k.slice(0, lag), k.slice(lag, lag), v.slice(0, lag), v.slice(lag, lag), 1.0,
+                                      one_want.data());
+  lagkv::dispatch::l2norm_scores(k, l2_want.data());
+  lagkv::simd::q8_0_scratch sc;
+  sc.reserve(n, D);
+  {
+    failing_allocations oom(0);
+    EXPECT_NO_THROW(lagkv::dispatch::lagkv_sequence_scores(k, v, lag, chunks, 1.0, seq.data(), sc));
+    EXPECT_NO_THROW(lagkv::dispatch::lagkv_chunk_scores(k.slice(0, lag), k.slice(lag, lag), v.slice(0, lag),
+                                                        v.slice(lag, lag), 1.0, one.data(), sc));
+    EXPECT_NO_THROW(lagkv::dispatch::l2norm_scores(k, l2.data(), sc));
+  }
+  auto same = [](float a, float b) { return a == b || (std::isnan(a) && std::isnan(b)); };
+  for (std::size_t i = 0; i < seq.size(); ++i) EXPECT_TRUE(same(seq[i], seq_want[i])) << i;
+  for (std::size_t i = 0; i < one.size(); ++i) EXPECT_TRUE(same(one[i], one_want[i])) << i;
+  for (std::size_t i = 0; i < l2.size(); ++i) EXPECT_TRUE(same(l2[i], l2_want[i])) << i;
+  EXPECT_TRUE(std::isnan(seq[3]));  // the Inf-scale token: the exact path's NaN semantics
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryTarget, ReservedQ8Scratch, ::testing::ValuesIn(target_names()),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
 // ---- Findings of the SIMD fuzzer ------------------------------------------------------------------
 // fuzz_simd, 2026-11-25 (tests/fuzz/findings/simd/regression_huge_normalised_avx512_fp32): a chunk
 // whose normalised values reach ~1e16 (a channel 4e16 away from a reference of range 1). The
 // oracle's stds of the two tokens differ by ~300, so it scores them exactly 0 and 1; in float the
 // stds are equal and every target scores 0.5 / 0.5 — and a top-1 keeps the other token.
 // dispatch.hpp promises the oracle's semantics within a relative tolerance and recomputes a
-// chunk with the oracle where float cannot represent it; this chunk needs that path too.
-class SimdFinding : public ::testing::TestWithParam<lagkv::simd::target> {};
+// chunk with the oracle where float cannot represent it; such chunks (a std above 2^12) now
+// take that path on every target.
+class SimdFinding : public ::testing::TestWithParam<std::string> {};  // a target name
 
-// OPEN BUG (reproducer, disabled): the float kernels need the oracle fallback for this chunk too.
-TEST_P(SimdFinding, DISABLED_HugeNormalisedValuesScoreAndSelectAsTheOracle) {
-  lagkv::simd::scoped_target use(GetParam());
+TEST_P(SimdFinding, HugeNormalisedValuesScoreAndSelectAsTheOracle) {
+  lagkv::simd::target t{};
+  ASSERT_TRUE(lagkv::simd::parse_target(GetParam().c_str(), &t));
+  lagkv::simd::scoped_target use(t);
   const float chunk[8] = {0.f, 0.f, 4e16f, 0.f, /* token 1 */ 0.f, -2000.f, 4e16f, 0.f};
   const float ref[8] = {0.f, 0.f, 0.f, 0.f, /* token 1 */ 1.f, 1.f, 1.f, 1.f};
   const lagkv::kv_view<const float> c(chunk, 2, 4, 4), r(ref, 2, 4, 4);
@@ -914,21 +1149,84 @@ TEST_P(SimdFinding, DISABLED_HugeNormalisedValuesScoreAndSelectAsTheOracle) {
   EXPECT_EQ(lagkv::select_top_k(got, 2, 1), lagkv::select_top_k(want, 2, 1));
 }
 
-INSTANTIATE_TEST_SUITE_P(EveryTarget, SimdFinding, ::testing::ValuesIn(lagkv::simd::available_targets()),
-                         [](const ::testing::TestParamInfo<lagkv::simd::target>& info) {
-                           return std::string(lagkv::simd::target_name(info.param));
-                         });
+// Rows far outside their reference's range with a small spread: every channel of a token Y
+// ranges (of that channel) away, the tokens differing by a few ranges. Their stds are O(1..50),
+// below the 2^12 that sends a chunk to the oracle, but the float kernels form y = (x - lo) * inv
+// with a relative error of a few eps, i.e. an absolute error ~eps * Y in every channel.
+std::vector<float> far_rows(double y_offset, std::vector<float>& ref) {
+  constexpr index_t D = 8, n = 4;
+  ref.assign(2 * D, 0.0f);
+  std::vector<float> chunk(static_cast<std::size_t>(n * D));
+  for (index_t c = 0; c < D; ++c) {
+    const double lo = 0.1 * static_cast<double>(c) + 0.05, range = 1.0 + 0.37 * static_cast<double>(c);
+    ref[static_cast<std::size_t>(c)] = static_cast<float>(lo);
+    ref[static_cast<std::size_t>(D + c)] = static_cast<float>(lo + range);
+    for (index_t t = 0; t < n; ++t)
+      chunk[static_cast<std::size_t>(t * D + c)] =
+          static_cast<float>(lo + range * (y_offset + 3.0 * static_cast<double>((t * 5 + c * 3) % 7 - 3)));
+  }
+  return chunk;
+}
+
+// Up to Y ~ 1e4 the float error stays inside the tolerance the tests derive (and far below it).
+TEST_P(SimdFinding, FarRowsWithSmallSpreadStayWithinTheToleranceUpTo1e4) {
+  lagkv::simd::target t{};
+  ASSERT_TRUE(lagkv::simd::parse_target(GetParam().c_str(), &t));
+  lagkv::simd::scoped_target use(t);
+  std::vector<float> ref;
+  const std::vector<float> chunk = far_rows(1e4, ref);
+  const lagkv::kv_view<const float> c(chunk.data(), 4, 8, 8), r(ref.data(), 2, 8, 8);
+  float want[4], got[4];
+  lagkv::reference::lagkv_chunk_scores<float>(c, r, {}, {}, 0.0, want);
+  lagkv::dispatch::lagkv_chunk_scores<float>(c, r, {}, {}, 0.0, got);
+  namespace sd = lagkv_fuzz::simd_detail;
+  const double tol = sd::lagkv_tolerance(8, 4, sd::normalised_max<float>(c, r));
+  ASSERT_LE(tol, sd::kModelLimit);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(got[i], want[i], tol * want[i]) << "token " << i;
+}
+
+// OPEN (docs/reliability.md, "Findings"): at Y ~ 1e8 the float error of the stds is O(1) and
+// more: here three equal tokens and a fourth 10 ranges off in one channel (D = 4, every channel
+// ~1e8 ranges from the reference) score 0.26 / 0.26 / 0.26 / 0.22 in the oracle and
+// 0.064 / 0.064 / 0.064 / 0.81 on every float target, and a top-1 keeps token 3 instead of 0.
+// Not routed to the oracle: telling such rows apart needs each row's mean (or max |y|), which
+// the kernels do not report, and a min/max pass over the chunk measured +30 % on a one-chunk
+// (decode-time) compression.
+TEST_P(SimdFinding, DISABLED_FarRowsWithSmallSpreadScoreAsTheOracle) {
+  lagkv::simd::target t{};
+  ASSERT_TRUE(lagkv::simd::parse_target(GetParam().c_str(), &t));
+  lagkv::simd::scoped_target use(t);
+  const float ref[8] = {-2.75f, -0.625f, 6.0f, 3.375f, /* token 1 */ -2.390625f, -0.171875f, 6.390625f, 3.828125f};
+  const float chunk[16] = {35937496.f, 45312500.f, 39062508.f, 45312504.f, 35937496.f, 45312500.f,
+                           39062508.f, 45312504.f, 35937496.f, 45312500.f, 39062508.f, 45312504.f,
+                           35937496.f, 45312500.f, 39062504.f, 45312504.f};
+  const lagkv::kv_view<const float> c(chunk, 4, 4, 4), r(ref, 2, 4, 4);
+  float want[4], got[4];
+  lagkv::reference::lagkv_chunk_scores<float>(c, r, {}, {}, 0.0, want);
+  lagkv::dispatch::lagkv_chunk_scores<float>(c, r, {}, {}, 0.0, got);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(got[i], want[i], 1e-3) << "token " << i;
+  EXPECT_EQ(lagkv::select_top_k(got, 4, 1), lagkv::select_top_k(want, 4, 1));
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryTarget, SimdFinding, ::testing::ValuesIn(target_names()),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 // ---- Fuzzer seeds and findings, replayed --------------------------------------------------------------
 
+// Inputs under tests/fuzz/, as paths relative to it: `named` lists the hand-made seeds and
+// regression inputs (corpus/<name>/seed_*, corpus/<name>/regression_*, and every file of
+// findings/<name>/, which the bounded fuzz runs do not start from); otherwise the grown corpus.
 std::vector<std::string> corpus_files(const std::string& name, bool named) {
   std::vector<std::string> out;
-  const std::filesystem::path dir = std::filesystem::path(LAGKV_SOURCE_DIR) / "tests" / "fuzz" / "corpus" / name;
-  if (!std::filesystem::is_directory(dir)) return out;
-  for (const auto& e : std::filesystem::directory_iterator(dir)) {
-    const std::string f = e.path().filename().string();
-    const bool is_named = f.rfind("seed_", 0) == 0 || f.rfind("regression_", 0) == 0;
-    if (is_named == named) out.push_back(f);
+  const std::filesystem::path root = std::filesystem::path(LAGKV_SOURCE_DIR) / "tests" / "fuzz";
+  for (const std::string sub : {"corpus", "findings"}) {
+    const std::filesystem::path dir = root / sub / name;
+    if (!std::filesystem::is_directory(dir)) continue;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      const std::string f = e.path().filename().string();
+      const bool is_named = sub == "findings" || f.rfind("seed_", 0) == 0 || f.rfind("regression_", 0) == 0;
+      if (is_named == named) out.push_back(sub + "/" + name + "/" + f);
+    }
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -939,9 +1237,7 @@ std::vector<std::uint8_t> read_bytes(const std::string& path) {
   return std::vector<std::uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-std::string corpus_path(const std::string& name, const std::string& file) {
-  return std::string(LAGKV_SOURCE_DIR) + "/tests/fuzz/corpus/" + name + "/" + file;
-}
+std::string corpus_path(const std::string& relative) { return std::string(LAGKV_SOURCE_DIR) + "/tests/fuzz/" + relative; }
 
 std::string test_name(const ::testing::TestParamInfo<std::string>& info) {
   std::string n = info.param;
@@ -953,7 +1249,7 @@ std::string test_name(const ::testing::TestParamInfo<std::string>& info) {
 class CacheFuzzInput : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CacheFuzzInput, CacheEqualsThePlainModel) {
-  const auto bytes = read_bytes(corpus_path("cache", GetParam()));
+  const auto bytes = read_bytes(corpus_path(GetParam()));
   ASSERT_FALSE(bytes.empty());
   lagkv_fuzz::fuzz_stats stats;
   try {
@@ -971,7 +1267,7 @@ TEST(CacheFuzzCorpus, EveryGrownInputReplaysClean) {
   const auto files = corpus_files("cache", false);
   lagkv_fuzz::fuzz_stats stats;
   for (const auto& f : files) {
-    const auto bytes = read_bytes(corpus_path("cache", f));
+    const auto bytes = read_bytes(corpus_path(f));
     try {
       lagkv_fuzz::run_cache_program(bytes.data(), bytes.size(), stats);
     } catch (const lagkv_fuzz::mismatch& e) {
@@ -985,7 +1281,7 @@ TEST(CacheFuzzCorpus, EveryGrownInputReplaysClean) {
 class SimdFuzzInput : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(SimdFuzzInput, EveryTargetMatchesTheOracle) {
-  const auto bytes = read_bytes(corpus_path("simd", GetParam()));
+  const auto bytes = read_bytes(corpus_path(GetParam()));
   lagkv_fuzz::simd_stats stats;
   try {
     lagkv_fuzz::run_simd_program(bytes.data(), bytes.size(), stats);
@@ -1001,7 +1297,7 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(SimdFuzzInput);
 TEST(SimdFuzzCorpus, EveryGrownInputReplaysClean) {
   lagkv_fuzz::simd_stats stats;
   for (const auto& f : corpus_files("simd", false)) {
-    const auto bytes = read_bytes(corpus_path("simd", f));
+    const auto bytes = read_bytes(corpus_path(f));
     try {
       lagkv_fuzz::run_simd_program(bytes.data(), bytes.size(), stats);
     } catch (const lagkv_fuzz::simd_mismatch& e) {

@@ -230,7 +230,9 @@ class paged_layer {
   }
 
  private:
-  cache_shape shape() const { return cache_shape{1, cfg_.kv_heads, cfg_.head_dim, cfg_.max_tokens}; }
+  cache_shape shape() const {
+    return cache_shape{1, cfg_.kv_heads, cfg_.head_dim, cfg_.max_tokens, dtype_traits<T>::tag, true};
+  }
 
   void bind_policy() {
     policy_ops::validate(policy_, shape());

@@ -14,6 +14,7 @@
 /// (`skip_layers = {0, 1}`); the default skips none.
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "lagkv/policy/budget.hpp"
@@ -53,7 +54,12 @@ class l2norm_policy : public policy_base {
     p_.validate();
     (void)simd::active_target();
   }
-  void bind(const cache_shape&, index_t layer) { skipped_ = detail::contains(p_.skip_layers, layer); }
+  /// Also reserves the scorer's scratch (it scores at most simd::kL2RowsPerCall rows per call).
+  /// \throws std::bad_alloc.
+  void bind(const cache_shape& s, index_t layer) {
+    scratch_.reserve(s.type, std::min(s.capacity, simd::kL2RowsPerCall), s.head_dim, !s.rows_contiguous);
+    skipped_ = detail::contains(p_.skip_layers, layer);
+  }
   bool shares_heads() const { return p_.share_heads; }
 
   void plan(const layer_info& layer, compress_reason why, layer_plan& out) const noexcept {
@@ -61,12 +67,13 @@ class l2norm_policy : public policy_base {
   }
   template <class T>
   void score(const head_data<T>& head, const compress_plan& plan, index_t c, score_t* out) const noexcept {
-    dispatch::l2norm_scores<T>(head.keys.slice(plan.begin + c * plan.chunk, plan.chunk), out);
+    dispatch::l2norm_scores<T>(head.keys.slice(plan.begin + c * plan.chunk, plan.chunk), out, scratch_);
   }
 
  private:
   l2norm_params p_;
   bool skipped_ = false;
+  mutable simd::scratch scratch_;  // reserved in bind; one thread at a time (see policy/lagkv.hpp)
 };
 
 /// \brief Parameters of the chunked L2-norm policy (LagKV's schedule; score_v_ratio unused).
@@ -106,8 +113,10 @@ class l2norm_chunked_policy : public policy_base {
     (void)simd::active_target();
   }
   void bind(const cache_shape& s, index_t layer) {
+    std::vector<index_t> compressed(static_cast<std::size_t>(s.kv_heads), p_.sink);
+    scratch_.reserve(s.type, std::min({p_.lag, s.capacity, simd::kL2RowsPerCall}), s.head_dim, !s.rows_contiguous);
     skipped_ = detail::contains(p_.skip_layers, layer);
-    compressed_.assign(static_cast<std::size_t>(s.kv_heads), p_.sink);
+    compressed_ = std::move(compressed);
   }
 
   void plan(const layer_info& layer, compress_reason, layer_plan& out) const noexcept {
@@ -118,7 +127,7 @@ class l2norm_chunked_policy : public policy_base {
   }
   template <class T>
   void score(const head_data<T>& head, const compress_plan& plan, index_t c, score_t* out) const noexcept {
-    dispatch::l2norm_scores<T>(head.keys.slice(plan.begin + c * plan.chunk, plan.chunk), out);
+    dispatch::l2norm_scores<T>(head.keys.slice(plan.begin + c * plan.chunk, plan.chunk), out, scratch_);
   }
   void on_compact(index_t head, const compaction& c) noexcept {
     compressed_[static_cast<std::size_t>(head)] = c.begin + c.kept_count;
@@ -128,6 +137,7 @@ class l2norm_chunked_policy : public policy_base {
   l2norm_chunked_params p_;
   bool skipped_ = false;
   std::vector<index_t> compressed_;  // [kv_heads] sink + compressed prefix
+  mutable simd::scratch scratch_;    // reserved in bind; one thread at a time (see policy/lagkv.hpp)
 };
 
 }  // namespace lagkv

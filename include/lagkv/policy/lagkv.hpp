@@ -11,6 +11,8 @@
 /// rescored. Defaults are the authors': sink 16, lag 1024, ratio 0.5, score_v_ratio 1.
 /// This reproduces the golden trajectories in ../shared/golden/lagkv exactly.
 
+#include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "lagkv/policy/policy.hpp"
@@ -50,8 +52,12 @@ class lagkv_policy : public policy_base {
     check_lagkv_head_dim(s.head_dim);
     (void)simd::active_target();
   }
+  /// Per-head state, and the scorer's scratch for chunks of `lag` rows (a head never holds more
+  /// than `capacity`), so scoring allocates nothing later. \throws std::bad_alloc.
   void bind(const cache_shape& s, index_t /*layer*/) {
-    compressed_.assign(static_cast<std::size_t>(s.kv_heads), p_.sink);
+    std::vector<index_t> compressed(static_cast<std::size_t>(s.kv_heads), p_.sink);
+    scratch_.reserve(s.type, std::min(p_.lag, s.capacity), s.head_dim, !s.rows_contiguous);
+    compressed_ = std::move(compressed);
   }
 
   void plan(const layer_info& layer, compress_reason, layer_plan& out) const noexcept {
@@ -70,7 +76,7 @@ class lagkv_policy : public policy_base {
       v_ref = head.values.slice(start + p_.lag, p_.lag);
     }
     dispatch::lagkv_chunk_scores<T>(head.keys.slice(start, p_.lag), head.keys.slice(start + p_.lag, p_.lag), v_chunk,
-                                    v_ref, p_.score_v_ratio, out);
+                                    v_ref, p_.score_v_ratio, out, scratch_);
   }
 
   /// All chunks of the plan in one sweep: chunk c+1's min/max is taken while it is being scored
@@ -80,7 +86,7 @@ class lagkv_policy : public policy_base {
     const index_t span = (plan.chunks + 1) * p_.lag;
     const kv_view<const T> values = p_.score_v_ratio != 0.0 ? head.values.slice(plan.begin, span) : kv_view<const T>();
     dispatch::lagkv_sequence_scores<T>(head.keys.slice(plan.begin, span), values, p_.lag, plan.chunks,
-                                       p_.score_v_ratio, out);
+                                       p_.score_v_ratio, out, scratch_);
   }
 
   void on_compact(index_t head, const compaction& c) noexcept {
@@ -93,6 +99,9 @@ class lagkv_policy : public policy_base {
  private:
   lagkv_params p_;
   std::vector<index_t> compressed_;  // [kv_heads]
+  // Scoring scratch, reserved in bind. Mutable: scoring is logically const, and a policy object
+  // scores on one thread at a time (the cache's layer discipline), so it needs no lock.
+  mutable simd::scratch scratch_;
 };
 
 }  // namespace lagkv

@@ -56,7 +56,12 @@
 /// on_compact) must not throw: the cache validates and reserves first, then mutates, and that
 /// mutation phase is `noexcept` — a throwing policy, or a plan reaching outside its head
 /// (0 <= begin, keep <= chunk, begin + chunks*chunk <= length), terminates with a message
-/// instead of leaving a half-compressed cache. Policies get their scratch in `bind`.
+/// instead of leaving a half-compressed cache. Policies get their scratch in `bind` — scoring
+/// scratch included: the SIMD scorers (simd/dispatch.hpp) take a `simd::scratch` that a policy
+/// owns and reserves in bind from the shape (type, head_dim, rows_contiguous and its chunk
+/// length); the overloads without one grow a per-thread scratch on first use, which would
+/// allocate inside the noexcept phase. A policy that scores through its own scratch is used by
+/// one thread at a time, as the cache uses a layer's policy.
 
 #include <cstdint>
 #include <type_traits>
@@ -83,6 +88,8 @@ struct cache_shape {
   index_t kv_heads = 0;
   index_t head_dim = 0;
   index_t capacity = 0;  ///< slots per (layer, head)
+  dtype type = dtype::f32;      ///< storage type of K and V (sizes a policy's scoring scratch)
+  bool rows_contiguous = true;  ///< false when the layer's K or V rows are strided (hds): scorers copy them
 };
 
 /// \brief What one head compresses now: `chunks` chunks of `chunk` slots from slot `begin`,

@@ -73,11 +73,12 @@ struct lagkv_layout {
 namespace reference {
 
 /// Per-token unbiased std over channels of chunk rows normalised by `ref`'s per-channel range.
-/// `chunk` and `ref` have the same head_dim; out has chunk.tokens() entries.
+/// `chunk` and `ref` have the same head_dim; out has chunk.tokens() entries. `lo` and
+/// `inv_range` are the caller's scratch of head_dim doubles each (overwritten), so this form
+/// allocates nothing: the SIMD scorers' exact fallback runs it inside the cache's noexcept phase.
 template <class T>
-void lagkv_token_std(kv_view<const T> chunk, kv_view<const T> ref, double* out) {
+void lagkv_token_std(kv_view<const T> chunk, kv_view<const T> ref, double* out, double* lo, double* inv_range) {
   const index_t d = chunk.head_dim();
-  std::vector<double> lo(static_cast<std::size_t>(d)), inv_range(static_cast<std::size_t>(d));
   for (index_t c = 0; c < d; ++c) {
     double mn = INFINITY, mx = -INFINITY;
     bool nan = false;
@@ -102,6 +103,13 @@ void lagkv_token_std(kv_view<const T> chunk, kv_view<const T> ref, double* out) 
     }
     out[t] = std::sqrt(ss / static_cast<double>(d - 1));
   }
+}
+
+/// lagkv_token_std with its own scratch (allocates two head_dim vectors).
+template <class T>
+void lagkv_token_std(kv_view<const T> chunk, kv_view<const T> ref, double* out) {
+  std::vector<double> lo(static_cast<std::size_t>(chunk.head_dim())), inv_range(lo.size());
+  lagkv_token_std(chunk, ref, out, lo.data(), inv_range.data());
 }
 
 /// In-place softmax; max-subtracted so large std values cannot overflow. NaN entries stay NaN

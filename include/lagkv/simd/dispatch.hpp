@@ -16,7 +16,13 @@
 /// reference poisons its chunk. Scores agree with the oracle to a relative tolerance (the test
 /// derives it: ~ (3*(D/8 + 8) * max|normalised x| + lag/16 + 10) float epsilons). Where float
 /// arithmetic cannot represent the oracle's double intermediates (1/range outside the float
-/// range, or a normalised row whose sums overflow), that chunk is recomputed by the oracle.
+/// range, a normalised row whose sums overflow, or stds above 2^12, too large for float to
+/// resolve the differences the softmax turns into scores), that chunk is recomputed by the oracle.
+///
+/// Memory: every entry point has an overload taking a `simd::scratch`; reserved beforehand for
+/// the shapes it will see, a call allocates nothing (the exact fallback included). The overloads
+/// without one use a per-thread scratch that grows on first use. The cache's policies own a
+/// scratch each, reserved when they are bound, so compressions never allocate.
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
@@ -190,13 +196,27 @@ struct row_buffers {
   std::vector<T> max, min;  // per-channel max / min of the current reference (natural order)
 };
 
-/// Per-thread scratch, grown to the largest shape seen, so steady-state scoring allocates nothing.
+/// Rows past a chunk whose pointers the sequence sweep hands the kernels for prefetching.
+inline constexpr index_t kAheadRows = 16;
+
+/// The largest kernel_dim(head_dim) of every target this build carries for T: scratch reserved
+/// with it fits whichever target force()/scoped_target selects later.
+template <class T>
+index_t max_kernel_dim(index_t head_dim) {
+  index_t kd = head_dim;
+  for (target t : {target::scalar, target::avx2, target::avx512, target::neon})
+    if (const target_kernels* k = compiled_kernels(t)) kd = std::max(kd, kernels_for<T>(*k).kernel_dim(head_dim));
+  return kd;
+}
+
+/// Every buffer a scoring call uses. The driver only resize()s them, so a call whose shape is
+/// within what reserve() prepared never allocates (resize within capacity cannot).
 struct workspace {
   row_buffers<float> f32[2];
   row_buffers<f16> h16[2];
   row_buffers<bf16> b16[2];
   std::vector<float> lo, inv, bias, stds, ubuf_raw;
-  std::vector<double> lo_d, inv_d, exact;
+  std::vector<double> lo_d, inv_d, exact;  // the exact (double) fallback's per-channel statistics and stds
   std::vector<std::uint64_t> mm[2];
 
   row_buffers<float>* rows(float*) { return f32; }
@@ -208,11 +228,114 @@ struct workspace {
     const auto addr = reinterpret_cast<std::uintptr_t>(ubuf_raw.data());
     return ubuf_raw.data() + ((64 - addr % 64) % 64) / sizeof(float);
   }
+
+  /// Capacity for chunks and references of up to `tokens` rows (plus the sweep's look-ahead)
+  /// of `head_dim` channels of T, on any target; `gather`: room to copy strided rows.
+  template <class T>
+  void reserve(index_t tokens, index_t head_dim, bool gather) {
+    const auto n = static_cast<std::size_t>(std::max<index_t>(tokens, 1) + kAheadRows);
+    const auto d = static_cast<std::size_t>(head_dim);
+    const auto kd = static_cast<std::size_t>(max_kernel_dim<T>(head_dim));
+    const auto lanes = static_cast<std::size_t>(mm_lanes<T>(head_dim));
+    for (int i = 0; i < 2; ++i) {
+      row_buffers<T>& b = rows(static_cast<T*>(nullptr))[i];
+      b.ptrs.reserve(n);
+      if (gather) b.gather.reserve(n * d);
+      b.max.reserve(lanes);
+      b.min.reserve(lanes);
+      mm[i].reserve((mm_state_bytes<T>(head_dim) + 7) / 8);
+    }
+    lo.reserve(kd);
+    inv.reserve(kd);
+    bias.reserve(kd);
+    stds.reserve(n);
+    ubuf_raw.reserve(4 * kd + 16);
+    lo_d.reserve(d);
+    inv_d.reserve(d);
+    exact.reserve(n);
+  }
 };
 
-inline workspace& tls_workspace() {
-  thread_local workspace ws;
-  return ws;
+struct scratch_access;
+
+}  // namespace detail
+
+/// \brief l2norm_scores scores this many rows per kernel call, so a scratch reserved for this
+/// many tokens serves l2norm_scores on views of any length.
+inline constexpr index_t kL2RowsPerCall = 256;
+
+/// \brief Scratch memory of the scoring entry points (dispatch::lagkv_chunk_scores,
+/// lagkv_sequence_scores, l2norm_scores), for callers that must not allocate while they score.
+///
+/// A scoring call needs O(rows + head_dim) scratch: row pointers, per-channel statistics, the
+/// stds, the exact (double) fallback's buffers and, for views whose rows are strided in memory
+/// (a transposed V, view_hds), a copy of the rows. The overloads without a scratch argument use
+/// one scratch per thread that grows to the largest shape it has seen, so a thread's first call
+/// (or a larger shape) allocates. A caller with a section that must not allocate — the cache's
+/// noexcept compaction — owns a scratch, reserves it for its largest shape before that section
+/// and passes it: a call within the reservation then allocates nothing on any target, fallbacks
+/// included. lagkv_policy and the L2 policies own one each, reserved in bind().
+///
+/// One scratch serves one call at a time: give each thread (or each cache layer) its own.
+/// Copies are reserved like their source; the contents are scratch and are not copied.
+class scratch {
+ public:
+  scratch() = default;
+  scratch(const scratch& other) {
+    for (std::size_t i = 0; i < 3; ++i)
+      if (other.res_[i].tokens >= 0)
+        reserve(static_cast<dtype>(i), other.res_[i].tokens, other.res_[i].head_dim, other.res_[i].strided);
+  }
+  scratch& operator=(const scratch& other) {
+    if (this != &other) {
+      scratch copy(other);
+      *this = std::move(copy);
+    }
+    return *this;
+  }
+  scratch(scratch&&) noexcept = default;
+  scratch& operator=(scratch&&) noexcept = default;
+  ~scratch() = default;
+
+  /// \brief Makes scoring calls on views of storage type `type`, whose chunks and references
+  /// hold at most `tokens` rows of `head_dim` channels, allocation-free (for l2norm_scores:
+  /// views of at most `tokens` rows, or of any length once tokens >= kL2RowsPerCall).
+  /// Reservations accumulate: each buffer keeps the largest capacity asked for.
+  /// \param strided_rows also reserve the copy of rows that are not contiguous in memory
+  /// (view_hds); contiguous rows (view_hsd, view_shd, paged views) are read in place.
+  /// \throws std::bad_alloc (the scratch stays usable, possibly partly reserved);
+  /// lagkv::error for tokens < 0 or head_dim < 1.
+  void reserve(dtype type, index_t tokens, index_t head_dim, bool strided_rows) {
+    LAGKV_CHECK(tokens >= 0, "tokens=", tokens, ": must be >= 0");
+    LAGKV_CHECK(head_dim >= 1, "head_dim=", head_dim, ": must be >= 1");
+    visit_dtype(type, [&](auto tag) { ws_.reserve<decltype(tag)>(tokens, head_dim, strided_rows); });
+    reservation& r = res_[static_cast<std::size_t>(type)];
+    r.tokens = std::max(r.tokens, tokens);
+    r.head_dim = std::max(r.head_dim, head_dim);
+    r.strided = r.strided || strided_rows;
+  }
+
+ private:
+  friend struct detail::scratch_access;
+  struct reservation {
+    index_t tokens = -1;  // -1: never reserved
+    index_t head_dim = 0;
+    bool strided = false;
+  };
+  detail::workspace ws_;
+  reservation res_[3];  // by dtype, for copies
+};
+
+namespace detail {
+
+struct scratch_access {
+  static workspace& of(scratch& s) { return s.ws_; }
+};
+
+/// The scratch of the overloads without one: per thread, grown to the largest shape seen.
+inline scratch& thread_scratch() {
+  thread_local scratch s;
+  return s;
 }
 
 /// Pointers to rows [first, first + n) of `v`. Contiguous rows are used in place (paged views
@@ -320,8 +443,37 @@ inline bool all_finite(const float* s, index_t n) {
   return bad == 0;
 }
 
+/// Float stds above this send their chunk to the oracle (see finish_chunk).
+inline constexpr float kFloatMaxStd = 0x1p12f;
+
+/// True when some entry exceeds kFloatMaxStd (NaN compares false: NaN rows are handled apart).
+/// Branch-free, so it vectorises: one pass over a chunk's stds.
+inline bool any_above_float_max_std(const float* s, index_t n) {
+  int above = 0;
+  for (index_t i = 0; i < n; ++i) above |= static_cast<int>(s[i] > kFloatMaxStd);
+  return above != 0;
+}
+
 /// Turns the stds of one scored chunk (ws.stds) into softmax probabilities in `out` (or adds
-/// w * p), applying the oracle's semantics where float could not.
+/// w * p), applying the oracle's semantics where float could not: a poisoned reference gives
+/// NaN everywhere; an unsafe reference (1/range not a normal float), a float overflow the
+/// oracle does not have, or a std above kFloatMaxStd sends the chunk to the oracle (exact path,
+/// allocation-free given reserved scratch).
+///
+/// Why stds above 2^12. The softmax turns a difference between two stds into a factor
+/// e^(s_i - s_j), so the stds need an absolute error well below 1. The float kernels form
+/// y = (x - lo) * inv with a relative error of a few eps (the subtraction's and 1/range's
+/// roundings) and their two-pass std then carries an absolute error of about
+/// (D/16 + c) * eps * rms(y), rms(y) = sqrt(s^2 + mean(y)^2) >= s: at s = 2^12 that is
+/// ~(D/16 + c) * 2^-11: p within ~1 % (measured <= 1e-3 on every target at s ~ 2^12), inside
+/// the tolerance the tests derive. The error grows with s, and from s ~ 2^20 on, stds the oracle
+/// tells apart come out equal or swapped in float, so the kept set changes (the fuzz_simd
+/// finding: stds ~2e16 differing by ~300). Double has 29 more bits. Real normalised stds are
+/// O(1..100), so the oracle does not run on real data; the test is one pass over the stds.
+/// Not covered (docs/reliability.md): rows far outside the reference's range with a small
+/// spread (|mean(y)| >~ 1e7, s <= 2^12) keep the error above, which rms(y) makes large; catching
+/// them needs each row's mean or max |y|, which the kernels do not report (a min/max pass over
+/// the chunk instead measured +30 % on a decode-time, one-chunk compression).
 template <class T>
 void finish_chunk(const target_kernels& tk, const kv_view<const T>& chunk, const kv_view<const T>& ref,
                   const T* const* srows, const ref_summary& rs, workspace& ws, float w, bool accumulate, float* out) {
@@ -344,9 +496,13 @@ void finish_chunk(const target_kernels& tk, const kv_view<const T>& chunk, const
         exact = true;  // float overflowed where double did not
     }
   }
+  if (!exact && !rs.poisoned && any_above_float_max_std(s, n)) exact = true;  // see above
   if (exact) {
+    // Allocation-free given a reserved scratch: the oracle's statistics go to lo_d / inv_d.
     ws.exact.resize(static_cast<std::size_t>(n));
-    reference::lagkv_token_std(chunk, ref, ws.exact.data());
+    ws.lo_d.resize(static_cast<std::size_t>(d));
+    ws.inv_d.resize(static_cast<std::size_t>(d));
+    reference::lagkv_token_std(chunk, ref, ws.exact.data(), ws.lo_d.data(), ws.inv_d.data());
     reference::softmax(ws.exact.data(), n);
     for (index_t t = 0; t < n; ++t) {
       const float p = static_cast<float>(ws.exact[static_cast<std::size_t>(t)]);
@@ -397,13 +553,12 @@ void sweep(const target_kernels& tk, const kv_view<const T>& x, index_t lag, ind
   ws.stds.resize(static_cast<std::size_t>(lag));
   mm_init<T>(cur, d);
   ks.fused_rows(nullptr, 0, rows_of(x, lag, lag, rb[1]), lag, lag, d, nullptr, nullptr, nullptr, cur, nullptr, ubuf);
-  constexpr index_t kAhead = 16;  // row pointers of the following chunk, for the kernels' prefetch
   for (index_t c = 0; c < chunks; ++c) {
     const ref_summary rs = prepare_ref<T>(ks, cur, d, ws);
     const bool has_next = c + 2 <= chunks;
     if (has_next) mm_init<T>(next, d);
     const T* const* srows = rows_of(x, c * lag, lag, rb[0]);
-    const index_t ahead = has_next ? std::min(kAhead, x.tokens() - (c + 3) * lag) : 0;
+    const index_t ahead = has_next ? std::min(kAheadRows, x.tokens() - (c + 3) * lag) : 0;
     const T* const* mrows = has_next ? rows_of(x, (c + 2) * lag, lag + std::max<index_t>(ahead, 0), rb[1]) : nullptr;
     ks.fused_rows(srows, lag, mrows, has_next ? lag : 0, has_next ? lag + std::max<index_t>(ahead, 0) : 0, d,
                   ws.lo.data(), ws.inv.data(), rs.small_bias ? ws.bias.data() : nullptr, next, ws.stds.data(), ubuf);
@@ -418,12 +573,15 @@ void sweep(const target_kernels& tk, const kv_view<const T>& x, index_t lag, ind
 
 namespace dispatch {
 
-/// \brief Same contract as reference::lagkv_chunk_scores, computed by the active target.
+/// \brief Same contract as reference::lagkv_chunk_scores, computed by the active target, with
+/// the caller's scratch: allocation-free when `scratch` was reserved for this dtype, head_dim
+/// and max(k_chunk.tokens(), k_ref.tokens()) (degenerate shapes — head_dim < 2, an empty
+/// reference — are handed to the allocating oracle).
 /// \throws lagkv::error when the reference's head_dim differs from the chunk's, or (score_v_ratio
 /// != 0) when the value views do not match the key views in shape.
 template <class T>
 void lagkv_chunk_scores(kv_view<const T> k_chunk, kv_view<const T> k_ref, kv_view<const T> v_chunk,
-                        kv_view<const T> v_ref, double score_v_ratio, float* out) {
+                        kv_view<const T> v_ref, double score_v_ratio, float* out, simd::scratch& scratch) {
   const bool use_v = score_v_ratio != 0.0;
   LAGKV_CHECK(k_ref.head_dim() == k_chunk.head_dim(), "k_ref.head_dim=", k_ref.head_dim(),
               ": must equal k_chunk.head_dim=", k_chunk.head_dim());
@@ -440,9 +598,17 @@ void lagkv_chunk_scores(kv_view<const T> k_chunk, kv_view<const T> k_ref, kv_vie
     return;
   }
   const auto& tk = simd::detail::active();
-  auto& ws = simd::detail::tls_workspace();
+  auto& ws = simd::detail::scratch_access::of(scratch);
   simd::detail::score_one_chunk<T>(tk, k_chunk, k_ref, 0.0f, false, out, ws);
   if (use_v) simd::detail::score_one_chunk<T>(tk, v_chunk, v_ref, static_cast<float>(score_v_ratio), true, out, ws);
+}
+
+/// \brief lagkv_chunk_scores with this thread's scratch, which grows to the largest shape the
+/// thread has scored: the first call on a thread (or with a larger shape) allocates.
+template <class T>
+void lagkv_chunk_scores(kv_view<const T> k_chunk, kv_view<const T> k_ref, kv_view<const T> v_chunk,
+                        kv_view<const T> v_ref, double score_v_ratio, float* out) {
+  lagkv_chunk_scores<T>(k_chunk, k_ref, v_chunk, v_ref, score_v_ratio, out, simd::detail::thread_scratch());
 }
 
 /// \brief Scores `chunks` consecutive chunks of `lag` tokens, reading each token from memory once.
@@ -452,10 +618,12 @@ void lagkv_chunk_scores(kv_view<const T> k_chunk, kv_view<const T> k_ref, kv_vie
 /// token j*lag + i — the values lagkv_chunk_scores gives chunk by chunk. A cache calls it on its
 /// not-yet-compressed region: `k.slice(start, (chunks + 1) * lag)`, then select_top_k per chunk.
 /// \param score_v_ratio weight of the value score; 0 ignores `v` (it may be empty).
+/// Allocation-free when `scratch` was reserved for this dtype, head_dim and `lag` tokens
+/// (head_dim < 2 is handed to the allocating oracle).
 /// \throws lagkv::error for lag < 1, chunks < 0, or views too short / of different head_dim.
 template <class T>
 void lagkv_sequence_scores(kv_view<const T> k, kv_view<const T> v, index_t lag, index_t chunks, double score_v_ratio,
-                           float* out) {
+                           float* out, simd::scratch& scratch) {
   const bool use_v = score_v_ratio != 0.0;
   LAGKV_CHECK(lag >= 1, "lag=", lag, ": must be >= 1");
   LAGKV_CHECK(chunks >= 0, "chunks=", chunks, ": must be >= 0");
@@ -480,9 +648,17 @@ void lagkv_sequence_scores(kv_view<const T> k, kv_view<const T> v, index_t lag, 
     return;
   }
   const auto& tk = simd::detail::active();
-  auto& ws = simd::detail::tls_workspace();
+  auto& ws = simd::detail::scratch_access::of(scratch);
   simd::detail::sweep<T>(tk, k, lag, chunks, 0.0f, false, out, ws);
   if (use_v) simd::detail::sweep<T>(tk, v, lag, chunks, static_cast<float>(score_v_ratio), true, out, ws);
+}
+
+/// \brief lagkv_sequence_scores with this thread's scratch (the first call on a thread, or
+/// with a larger shape, allocates).
+template <class T>
+void lagkv_sequence_scores(kv_view<const T> k, kv_view<const T> v, index_t lag, index_t chunks, double score_v_ratio,
+                           float* out) {
+  lagkv_sequence_scores<T>(k, v, lag, chunks, score_v_ratio, out, simd::detail::thread_scratch());
 }
 
 /// \brief lagkv::lagkv_score_head (one compression of a whole head: scores, kept sets, length)
@@ -522,19 +698,28 @@ lagkv_head_result lagkv_score_head(kv_view<const T> k, kv_view<const T> v, const
 /// \brief Same contract as reference::l2norm_scores (out[t] = -||k[t]||_2), on the active target.
 /// Rows whose float sum of squares leaves [2^-80, 2^120] (zero, denormal-scale, huge, NaN/Inf)
 /// are recomputed by the oracle, so float underflow/overflow never changes a score.
+/// Allocation-free when `scratch` was reserved for this dtype, head_dim and
+/// min(keys.tokens(), simd::kL2RowsPerCall) tokens.
 template <class T>
-void l2norm_scores(kv_view<const T> keys, float* out) {
+void l2norm_scores(kv_view<const T> keys, float* out, simd::scratch& scratch) {
   const index_t n = keys.tokens(), d = keys.head_dim();
   if (n == 0) return;
   const auto& ks = simd::detail::kernels_for<T>(simd::detail::active());
-  auto& rb = simd::detail::tls_workspace().rows(static_cast<T*>(nullptr))[0];
-  constexpr index_t kBlock = 256;  // row pointers per kernel call: stays in L1
+  auto& rb = simd::detail::scratch_access::of(scratch).rows(static_cast<T*>(nullptr))[0];
+  constexpr index_t kBlock = simd::kL2RowsPerCall;  // row pointers per kernel call: stays in L1
   for (index_t t0 = 0; t0 < n; t0 += kBlock) {
     const index_t nb = n - t0 < kBlock ? n - t0 : kBlock;
     ks.l2_rows(simd::detail::rows_of(keys, t0, nb, rb), nb, d, out + t0);
     for (index_t t = t0; t < t0 + nb; ++t)
       if (!(out[t] <= -0x1p-40f && out[t] >= -0x1p60f)) reference::l2norm_scores<T>(keys.slice(t, 1), out + t);
   }
+}
+
+/// \brief l2norm_scores with this thread's scratch (the first call on a thread, or with a larger
+/// shape, allocates).
+template <class T>
+void l2norm_scores(kv_view<const T> keys, float* out) {
+  l2norm_scores<T>(keys, out, simd::detail::thread_scratch());
 }
 
 }  // namespace dispatch

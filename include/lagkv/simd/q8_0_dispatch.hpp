@@ -14,6 +14,9 @@
 /// is finished before chunk j is read: each q8_0 row is read from the cache once and dequantised
 /// once, and in the same registers scored and folded into its own chunk's min/max (see
 /// simd/q8_0_scalar.hpp). No dequantised copy of the cache, or of a chunk, is made.
+/// Scratch: every entry point has an overload taking a `simd::q8_0_scratch`; reserved for the
+/// shape beforehand, a call allocates nothing (exact path included). The overloads without one
+/// use a per-thread scratch that grows on first use.
 ///
 /// Numerics. With finite scales every value is bounded (|d*q| <= 65504*127) and any non-zero
 /// range of a reference channel is >= 2^-24 (values are multiples of the fp16 grid), so
@@ -84,17 +87,93 @@ inline const q8_kernel_set& kernels_for(target t) {
   }
 }
 
-/// Per-thread scratch, grown to the largest shape seen: steady-state scoring allocates nothing.
+/// Every buffer a q8_0 scoring call uses; the driver only resize()s / assign()s them, so a call
+/// within what reserve() prepared allocates nothing (exact path and L2 fallback included).
 struct workspace {
   std::vector<const block_q8_0*> rows, ahead;
   std::vector<float> mn[2], mx[2];  // per-channel min / max: the reference, the chunk being read
   std::vector<float> lo, inv, bias, stds;
   std::vector<float> deq_chunk, deq_ref;  // exact path only (an Inf/NaN scale): two chunks
-  std::vector<double> exact;
+  std::vector<double> exact, lo_d, inv_d;
+
+  /// Capacity for chunks and references of up to `tokens` rows of `head_dim` channels.
+  void reserve(index_t tokens, index_t head_dim) {
+    const auto n = static_cast<std::size_t>(std::max<index_t>(tokens, 1));
+    const auto d = static_cast<std::size_t>(head_dim);
+    rows.reserve(n);
+    ahead.reserve(n);
+    for (int i = 0; i < 2; ++i) {
+      mn[i].reserve(d);
+      mx[i].reserve(d);
+    }
+    lo.reserve(d);
+    inv.reserve(d);
+    bias.reserve(d);
+    stds.reserve(n);
+    deq_chunk.reserve(n * d);
+    deq_ref.reserve(n * d);
+    exact.reserve(n);
+    lo_d.reserve(d);
+    inv_d.reserve(d);
+  }
 };
-inline workspace& tls_workspace() {
-  thread_local workspace ws;
-  return ws;
+
+struct scratch_access;
+
+}  // namespace detail
+}  // namespace q8
+
+/// \brief Scratch of the q8_0 scorers (dispatch::lagkv_chunk_scores, lagkv_sequence_scores and
+/// l2norm_scores on q8_0_view), the q8_0 counterpart of simd::scratch: reserved for the largest
+/// chunk/reference (`tokens` rows) and head_dim a caller will score, calls within it allocate
+/// nothing. One call at a time per scratch; the overloads without one use a per-thread scratch
+/// that grows on first use. Copies are reserved like their source (contents are not copied).
+class q8_0_scratch {
+ public:
+  q8_0_scratch() = default;
+  q8_0_scratch(const q8_0_scratch& other) {
+    if (other.tokens_ >= 0) reserve(other.tokens_, other.head_dim_);
+  }
+  q8_0_scratch& operator=(const q8_0_scratch& other) {
+    if (this != &other) {
+      q8_0_scratch copy(other);
+      *this = std::move(copy);
+    }
+    return *this;
+  }
+  q8_0_scratch(q8_0_scratch&&) noexcept = default;
+  q8_0_scratch& operator=(q8_0_scratch&&) noexcept = default;
+  ~q8_0_scratch() = default;
+
+  /// \brief Makes calls whose chunks and references hold at most `tokens` rows of `head_dim`
+  /// channels allocation-free (l2norm_scores: views of at most `tokens` rows, or any length once
+  /// tokens >= simd::kL2RowsPerCall). Reservations accumulate.
+  /// \throws std::bad_alloc (the scratch stays usable); lagkv::error for tokens < 0 or head_dim < 1.
+  void reserve(index_t tokens, index_t head_dim) {
+    LAGKV_CHECK(tokens >= 0, "tokens=", tokens, ": must be >= 0");
+    LAGKV_CHECK(head_dim >= 1, "head_dim=", head_dim, ": must be >= 1");
+    ws_.reserve(tokens, head_dim);
+    tokens_ = std::max(tokens_, tokens);
+    head_dim_ = std::max(head_dim_, head_dim);
+  }
+
+ private:
+  friend struct q8::detail::scratch_access;
+  q8::detail::workspace ws_;
+  index_t tokens_ = -1, head_dim_ = 0;  // the reservation, for copies
+};
+
+namespace q8 {
+namespace detail {
+
+struct scratch_access {
+  static workspace& of(q8_0_scratch& s) { return s.ws_; }
+};
+
+/// The scratch of the overloads without one: per thread, grown to the largest shape seen.
+inline q8_0_scratch& thread_scratch() {
+  thread_local q8_0_scratch s;
+  return s;
 }
 
 /// Pointers to rows [first, first + n) of `v` (paged views walk the table without a division per row).
@@ -123,25 +202,14 @@ inline void mm_init(workspace& ws, int which, index_t d) {
   ws.mx[which].assign(static_cast<std::size_t>(d), -INFINITY);
 }
 
-/// lo, inv = 1/(hi - lo) or 0, bias = -lo*inv - 0.5 from a finished min/max; returns whether
-/// every |lo*inv + 0.5| <= 2 (the bias form is then accurate, see simd/x86_avx512.hpp).
-inline bool ref_stats(workspace& ws, int which, index_t d) {
+/// lo, inv = 1/(hi - lo) or 0, bias = -lo*inv - 0.5 from a finished min/max (the target's
+/// q8_kernel_set::ref_stats); returns whether every |lo*inv + 0.5| <= 2 (the bias form is then
+/// accurate, see simd/x86_avx512.hpp).
+inline bool ref_stats(const q8_kernel_set& ks, workspace& ws, int which, index_t d) {
   ws.lo.resize(static_cast<std::size_t>(d));
   ws.inv.resize(static_cast<std::size_t>(d));
   ws.bias.resize(static_cast<std::size_t>(d));
-  const float* mn = ws.mn[which].data();
-  const float* mx = ws.mx[which].data();
-  int far = 0;
-  for (std::size_t c = 0; c < static_cast<std::size_t>(d); ++c) {
-    const float range = mx[c] - mn[c];
-    const float safe = range > 0.0f ? range : 1.0f;  // no division by 0: the loop vectorises
-    const float r = range > 0.0f ? 1.0f / safe : 0.0f;
-    ws.lo[c] = mn[c];
-    ws.inv[c] = r;
-    ws.bias[c] = -mn[c] * r - 0.5f;
-    far |= static_cast<int>(!(std::fabs(mn[c] * r + 0.5f) <= 2.0f));
-  }
-  return far == 0;
+  return ks.ref_stats(ws.mn[which].data(), ws.mx[which].data(), d, ws.lo.data(), ws.inv.data(), ws.bias.data());
 }
 
 /// Two passes in double with the float lo/inv (a row the one-pass form rejected).
@@ -167,8 +235,11 @@ inline void exact_chunk(const q8_0_view& chunk, const q8_0_view& ref, float w, b
   dequantize_rows(chunk, ws.deq_chunk.data());
   dequantize_rows(ref, ws.deq_ref.data());
   ws.exact.resize(static_cast<std::size_t>(n));
+  ws.lo_d.resize(static_cast<std::size_t>(d));
+  ws.inv_d.resize(static_cast<std::size_t>(d));
   reference::lagkv_token_std<float>(kv_view<const float>(ws.deq_chunk.data(), n, d, d),
-                                    kv_view<const float>(ws.deq_ref.data(), ref.tokens(), d, d), ws.exact.data());
+                                    kv_view<const float>(ws.deq_ref.data(), ref.tokens(), d, d), ws.exact.data(),
+                                    ws.lo_d.data(), ws.inv_d.data());
   reference::softmax(ws.exact.data(), n);
   for (index_t t = 0; t < n; ++t) {
     const float p = static_cast<float>(ws.exact[static_cast<std::size_t>(t)]);
@@ -200,7 +271,7 @@ inline bool fold_only(const q8_kernel_set& ks, const block_q8_0* const* rows, in
 inline bool score_chunk(const simd::detail::target_kernels& tk, const q8_kernel_set& ks, const q8_0_view& chunk,
                         const q8_0_view& next, int ref, int fold, float w, bool accumulate, float* out, workspace& ws) {
   const index_t n = chunk.tokens(), d = chunk.head_dim(), nb = chunk.blocks_per_row();
-  const bool small = ref_stats(ws, ref, d);
+  const bool small = ref_stats(ks, ws, ref, d);
   ws.stds.resize(static_cast<std::size_t>(n));
   const block_q8_0* const* rows = rows_of(chunk, 0, n, ws.rows);
   const block_q8_0* const* ahead = next.tokens() > 0 ? rows_of(next, 0, next.tokens(), ws.ahead) : nullptr;
@@ -273,7 +344,7 @@ namespace dispatch {
 /// \throws lagkv::error when the reference's head_dim differs from the chunk's, or (score_v_ratio
 /// != 0) when the value views do not match the key views in shape.
 inline void lagkv_chunk_scores(q8_0_view k_chunk, q8_0_view k_ref, q8_0_view v_chunk, q8_0_view v_ref,
-                               double score_v_ratio, float* out) {
+                               double score_v_ratio, float* out, simd::q8_0_scratch& scratch) {
   namespace qd = simd::q8::detail;
   const bool use_v = score_v_ratio != 0.0;
   qd::check_same_dim("k_ref", k_ref, k_chunk.head_dim());
@@ -290,16 +361,23 @@ inline void lagkv_chunk_scores(q8_0_view k_chunk, q8_0_view k_ref, q8_0_view v_c
   }
   const auto& tk = simd::detail::active();
   const auto& ks = qd::kernels_for(tk.id);
-  auto& ws = qd::tls_workspace();
+  auto& ws = qd::scratch_access::of(scratch);
   qd::score_one_chunk(tk, ks, k_chunk, k_ref, 0.0f, false, out, ws);
   if (use_v) qd::score_one_chunk(tk, ks, v_chunk, v_ref, static_cast<float>(score_v_ratio), true, out, ws);
+}
+
+/// \brief The same with this thread's scratch (the first call on a thread, or with a larger
+/// shape, allocates).
+inline void lagkv_chunk_scores(q8_0_view k_chunk, q8_0_view k_ref, q8_0_view v_chunk, q8_0_view v_ref,
+                               double score_v_ratio, float* out) {
+  lagkv_chunk_scores(k_chunk, k_ref, v_chunk, v_ref, score_v_ratio, out, simd::q8::detail::thread_scratch());
 }
 
 /// \brief `chunks` consecutive chunks of `lag` q8_0 rows, each token read from memory once:
 /// the q8_0 form of dispatch::lagkv_sequence_scores (same layout of `out`, same contract).
 /// \throws lagkv::error for lag < 1, chunks < 0, or views too short / of different head_dim.
 inline void lagkv_sequence_scores(q8_0_view k, q8_0_view v, index_t lag, index_t chunks, double score_v_ratio,
-                                  float* out) {
+                                  float* out, simd::q8_0_scratch& scratch) {
   namespace qd = simd::q8::detail;
   const bool use_v = score_v_ratio != 0.0;
   LAGKV_CHECK(lag >= 1, "lag=", lag, ": must be >= 1");
@@ -314,9 +392,16 @@ inline void lagkv_sequence_scores(q8_0_view k, q8_0_view v, index_t lag, index_t
   }
   const auto& tk = simd::detail::active();
   const auto& ks = qd::kernels_for(tk.id);
-  auto& ws = qd::tls_workspace();
+  auto& ws = qd::scratch_access::of(scratch);
   qd::sweep(tk, ks, k, lag, chunks, 0.0f, false, out, ws);
   if (use_v) qd::sweep(tk, ks, v, lag, chunks, static_cast<float>(score_v_ratio), true, out, ws);
+}
+
+/// \brief The same with this thread's scratch (the first call on a thread, or with a larger
+/// shape, allocates).
+inline void lagkv_sequence_scores(q8_0_view k, q8_0_view v, index_t lag, index_t chunks, double score_v_ratio,
+                                  float* out) {
+  lagkv_sequence_scores(k, v, lag, chunks, score_v_ratio, out, simd::q8::detail::thread_scratch());
 }
 
 /// \brief One LagKV compression of a q8_0 head: scores, kept sets and length, like
@@ -352,20 +437,32 @@ inline lagkv_head_result lagkv_score_head(q8_0_view k, q8_0_view v, const lagkv_
 }
 
 /// \brief out[t] = -||k[t]||_2 of q8_0 rows (reference::l2norm_scores on the dequantised
-/// values), on the active target. Rows with a non-finite scale are recomputed by the oracle.
-inline void l2norm_scores(q8_0_view keys, float* out) {
+/// values), on the active target. Rows with a non-finite scale are recomputed by the oracle
+/// (dequantised into the scratch). Allocation-free when `scratch` was reserved for this head_dim
+/// and min(keys.tokens(), simd::kL2RowsPerCall) tokens.
+inline void l2norm_scores(q8_0_view keys, float* out, simd::q8_0_scratch& scratch) {
   namespace qd = simd::q8::detail;
-  const index_t n = keys.tokens(), nb = keys.blocks_per_row();
+  const index_t n = keys.tokens(), nb = keys.blocks_per_row(), d = keys.head_dim();
   if (n == 0) return;
   const auto& ks = qd::kernels_for(simd::detail::active().id);
-  auto& ws = qd::tls_workspace();
-  constexpr index_t kBlock = 256;  // row pointers per kernel call: stays in L1
+  auto& ws = qd::scratch_access::of(scratch);
+  constexpr index_t kBlock = simd::kL2RowsPerCall;  // row pointers per kernel call: stays in L1
   for (index_t t0 = 0; t0 < n; t0 += kBlock) {
     const index_t m = n - t0 < kBlock ? n - t0 : kBlock;
     ks.l2_rows(qd::rows_of(keys, t0, m, ws.rows), m, nb, out + t0);
-    for (index_t t = t0; t < t0 + m; ++t)
-      if (!std::isfinite(out[t])) reference::l2norm_scores(keys.slice(t, 1), out + t);
+    for (index_t t = t0; t < t0 + m; ++t) {
+      if (std::isfinite(out[t])) continue;
+      ws.deq_chunk.resize(static_cast<std::size_t>(d));
+      dequantize_q8_0(keys.row(t), nb, ws.deq_chunk.data());
+      reference::l2norm_scores<float>(kv_view<const float>(ws.deq_chunk.data(), 1, d, d), out + t);
+    }
   }
+}
+
+/// \brief The same with this thread's scratch (the first call on a thread, or with a larger
+/// shape, allocates).
+inline void l2norm_scores(q8_0_view keys, float* out) {
+  l2norm_scores(keys, out, simd::q8::detail::thread_scratch());
 }
 
 }  // namespace dispatch
