@@ -30,13 +30,15 @@ using lagkv::index_t;
 
 // ---- Policies under test --------------------------------------------------------------------------
 
-enum class pol { lagkv, l2norm, l2chunked, streaming };
+enum class pol { lagkv, l2norm, l2chunked, streaming, h2o, random };
 const char* pol_name(pol p) {
   switch (p) {
     case pol::lagkv: return "lagkv";
     case pol::l2norm: return "l2norm";
     case pol::l2chunked: return "l2chunked";
     case pol::streaming: return "streaming";
+    case pol::h2o: return "h2o";
+    case pol::random: return "random";
   }
   return "?";
 }
@@ -72,6 +74,23 @@ lagkv::any_policy make_policy(pol p) {
       sp.interval = 5;
       return lagkv::streaming_policy(sp);
     }
+    case pol::h2o: {  // needs attention with every append: run_steps passes queries
+      lagkv::h2o_params hp;
+      hp.sink = 4;
+      hp.window = 8;
+      hp.budget = 64;
+      hp.interval = 8;
+      return lagkv::h2o_policy(hp);
+    }
+    case pol::random: {
+      lagkv::random_params rp;
+      rp.sink = 4;
+      rp.window = 8;
+      rp.budget = 64;
+      rp.interval = 8;
+      rp.seed = 3;
+      return lagkv::random_policy(rp);
+    }
   }
   return {};
 }
@@ -97,13 +116,21 @@ struct plain_layer {
     scores = lagkv::policy_ops::scores_tokens(policy);
   }
 
-  void append(const T* kin, const T* vin, index_t n) {
+  void append(const T* kin, const T* vin, index_t n, const lagkv::append_extras& extras = {}) {
     std::copy(kin, kin + n * H * D, k.begin() + len * H * D);
     std::copy(vin, vin + n * H * D, v.begin() + len * H * D);
     for (index_t i = 0; i < n; ++i) pos.push_back(seen + i);
     len += n;
     seen += n;
     appends += 1;
+    for (index_t h = 0; h < H && lagkv::policy_ops::wants_appends<T>(policy); ++h) {  // H2O: the attention
+      lagkv::head_data<T> d;
+      d.head = h;
+      d.keys = lagkv::view_shd<const T>(k.data(), cap, H, D, h, len);
+      d.values = lagkv::view_shd<const T>(v.data(), cap, H, D, h, len);
+      d.positions = pos.data();
+      lagkv::policy_ops::on_append<T>(policy, d, len - n, n, extras);
+    }
     compress(lagkv::compress_reason::append, n);
   }
 
@@ -273,11 +300,20 @@ void run_steps(pol which, head_aggregation agg, index_t bs) {
   for (std::size_t s = 0; s < steps.size(); ++s) {
     const index_t n = steps[s];
     const auto k = random_rows<T>(n, H, D, rng), v = random_rows<T>(n, H, D, rng);
+    // H2O's attention: queries of 2 query heads per KV head (GQA), [q_heads, n, D].
+    const auto q = random_rows<float>(n, 2 * H, D, rng);
+    lagkv::append_extras extras;
+    if (which == pol::h2o) {
+      extras.attention.q_heads = 2 * H;
+      extras.attention.queries = q.data();
+      extras.attention.q_head_stride = n * D;
+      extras.attention.q_token_stride = D;
+    }
     eng.ensure(layer.length() + n);
     const index_t before = eng.table.count;
     reported.clear();
-    const lagkv::paged_result r = layer.append(k.data(), v.data(), n, eng.table);
-    plain.append(k.data(), v.data(), n);
+    const lagkv::paged_result r = layer.append(k.data(), v.data(), n, eng.table, extras);
+    plain.append(k.data(), v.data(), n, extras);
     ASSERT_TRUE(same_tokens(layer, eng.table, plain)) << "after step " << s;
     ASSERT_TRUE(eng.consistent()) << "after step " << s;
     EXPECT_EQ(r.blocks_before, before);
@@ -318,7 +354,8 @@ TEST_P(PagedVsPlain, EveryStepKeepsThePlainTokensAndReleasesEmptiedBlocks) {
 INSTANTIATE_TEST_SUITE_P(
     All, PagedVsPlain,
     ::testing::Combine(::testing::Values(dtype::f32, dtype::f16, dtype::bf16),
-                       ::testing::Values(pol::lagkv, pol::l2norm, pol::l2chunked, pol::streaming),
+                       ::testing::Values(pol::lagkv, pol::l2norm, pol::l2chunked, pol::streaming, pol::h2o,
+                                         pol::random),
                        ::testing::Values(head_aggregation::sum, head_aggregation::max),
                        ::testing::Values(index_t{16}, index_t{7})),
     [](const auto& info) {
@@ -333,7 +370,7 @@ using big_param = std::tuple<dtype, pol>;
 class Paged32k : public ::testing::TestWithParam<big_param> {};
 
 template <class T, class P>
-void run_32k(P policy) {
+void run_32k(P policy, const lagkv::append_extras& extras = {}) {
   const index_t S = 32768, bs = 16, H = 2, D = 32;
   lagkv::paged_config cfg;
   cfg.block_size = bs;
@@ -361,7 +398,7 @@ void run_32k(P policy) {
   lagkv::paged_layer<T, P> layer(cfg, kpool.data(), vpool.data(), policy);
   std::vector<std::int32_t> freed;
   layer.set_release_callback([&](const std::int32_t* f, index_t n) { freed.insert(freed.end(), f, f + n); });
-  layer.append(k.data(), v.data(), S, table);  // one prefill of 32k tokens
+  layer.append(k.data(), v.data(), S, table, extras);  // one prefill of 32k tokens
   layer.compress(table);                       // and whatever the schedule still has to do
   const index_t kept = layer.length();
   ASSERT_GT(kept, 0);
@@ -424,13 +461,39 @@ TEST_P(Paged32k, LayerHoldsAtMostCeilKeptOver16PlusOneBlocksAndHandsBackTheRest)
         break;
       }
       case pol::l2chunked: run_32k<T>(lagkv::any_policy(lagkv::l2norm_chunked_policy())); break;
+      case pol::h2o: {
+        lagkv::h2o_params p;  // keep half of the prefill by accumulated attention, 16 sinks, 64 recent
+        p.ratio = 0.5;
+        p.sink = 16;
+        p.window = 64;
+        // The prefill's attention as per-slot sums over its queries (2 query heads per KV head):
+        // cheap at 32k, unlike queries (O(S^2) attention).
+        const index_t q_heads = 4, S = 32768;
+        std::vector<float> sums(static_cast<std::size_t>(q_heads * S));
+        for (std::size_t i = 0; i < sums.size(); ++i) sums[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f;
+        lagkv::append_extras x;
+        x.attention.q_heads = q_heads;
+        x.attention.prob_sums = sums.data();
+        x.attention.row_stride = S;
+        run_32k<T>(lagkv::h2o_policy(p), x);
+        break;
+      }
+      case pol::random: {
+        lagkv::random_params p;  // ratio 0.5 by default
+        p.sink = 16;
+        p.window = 64;
+        p.seed = 7;
+        run_32k<T>(lagkv::random_policy(p));
+        break;
+      }
     }
   });
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Paged32k,
                          ::testing::Combine(::testing::Values(dtype::f32, dtype::f16, dtype::bf16),
-                                            ::testing::Values(pol::lagkv, pol::l2norm, pol::streaming, pol::l2chunked)),
+                                            ::testing::Values(pol::lagkv, pol::l2norm, pol::streaming, pol::l2chunked,
+                                                              pol::h2o, pol::random)),
                          [](const auto& info) {
                            return std::string(lagkv::dtype_name(std::get<0>(info.param))) + "_" +
                                   pol_name(std::get<1>(info.param));

@@ -11,13 +11,15 @@
 /// cache logic goes through kv_view, so it runs unchanged on every layout.
 ///
 /// Each (layer, head) holds `length` slots, slot i being the token at original position
-/// positions(layer, head)[i] (ascending). Appending writes new rows after the last slot; a
+/// positions(layer, head)[i] (ascending), until an engine renumbers the layer to contiguous
+/// positions (rerotate_to_contiguous / renumber_positions, docs/positions.md option (b)). Appending writes new rows after the last slot; a
 /// compression runs the data path
 ///   plan (policy) -> score (policy, SIMD scorers) -> select (select.hpp) -> compact (compact.hpp)
 /// and moves the kept K/V rows and their positions down in place, in their original order,
 /// with no K/V scratch at all (no full-cache copy, ever). Index/score scratch of O(capacity)
-/// per layer is reserved once, when a policy is bound, so appends and compressions never
-/// allocate. A decode append that triggers no compression costs O(head_dim) per head plus the
+/// per layer is reserved once, when a policy is bound — the SIMD scorers' scratch too, owned by
+/// each layer's policy (no thread-local state) — so appends and compressions never allocate, on
+/// any thread, the scorers' exact fallbacks included. A decode append that triggers no compression costs O(head_dim) per head plus the
 /// policy's on_append (H2O: O(length), the attention it accumulates).
 ///
 /// Capacity: appends write before they compress, so a layer needs room for its peak: for
@@ -44,6 +46,7 @@
 #include "lagkv/error.hpp"
 #include "lagkv/policy/any.hpp"
 #include "lagkv/policy/policy.hpp"
+#include "lagkv/rope.hpp"
 #include "lagkv/select.hpp"
 #include "lagkv/view.hpp"
 
@@ -299,7 +302,8 @@ class kv_cache {
     return s.mem.v_layout.view(static_cast<const T*>(s.mem.v), cfg_.kv_heads, cfg_.capacity, cfg_.head_dim, head,
                                s.lengths[static_cast<std::size_t>(head)]);
   }
-  /// Original token index of every slot of (layer, head), ascending (RoPE, masks, debugging).
+  /// Position of every slot of (layer, head), ascending (RoPE, masks, debugging): the original
+  /// token index, or the contiguous numbering renumber_positions / rerotate_to_contiguous gave it.
   index_span positions(index_t layer, index_t head) const {
     check_head(layer, head);
     const layer_state& s = layers_[static_cast<std::size_t>(layer)];
@@ -316,10 +320,18 @@ class kv_cache {
     const auto& len = layers_[static_cast<std::size_t>(layer)].lengths;
     return *std::max_element(len.begin(), len.end());
   }
-  /// Tokens ever appended to `layer` (= the original position of the next one).
+  /// Tokens ever appended to `layer` (= the original position of the next one; after a
+  /// renumbering the next token's position is next_position(layer)).
   index_t tokens_seen(index_t layer) const {
     check_layer(layer);
     return layers_[static_cast<std::size_t>(layer)].tokens_seen;
+  }
+  /// The position the next token appended to `layer` gets (what its query and key are rotated
+  /// at): tokens_seen(layer) until the layer is renumbered, then start + max_length(layer) of
+  /// that renumbering, advanced by every append since.
+  index_t next_position(index_t layer) const {
+    check_layer(layer);
+    return layers_[static_cast<std::size_t>(layer)].next_position;
   }
   /// Compressions of `layer` so far (plans with a region; LagKV with ratio 1 evicts nothing).
   index_t compressions(index_t layer) const {
@@ -336,7 +348,9 @@ class kv_cache {
     return layers_[static_cast<std::size_t>(layer)].rt.policy;
   }
   const cache_config& config() const { return cfg_; }
-  cache_shape shape() const { return cache_shape{cfg_.layers, cfg_.kv_heads, cfg_.head_dim, cfg_.capacity}; }
+  cache_shape shape() const {
+    return cache_shape{cfg_.layers, cfg_.kv_heads, cfg_.head_dim, cfg_.capacity, dtype_traits<T>::tag, true};
+  }
   bool owns_memory() const { return !owned_k_.empty(); }
 
   // ---- Configuring -------------------------------------------------------------------------
@@ -373,11 +387,65 @@ class kv_cache {
     runtime rt = make_runtime(Policy(prototype_of(s)), layer);
     s.rt = std::move(rt);
     std::fill(s.lengths.begin(), s.lengths.end(), index_t{0});
-    s.tokens_seen = s.appends = s.compressions = 0;
+    s.tokens_seen = s.next_position = s.appends = s.compressions = 0;
   }
   /// clear() on every layer.
   void clear() {
     for (index_t l = 0; l < cfg_.layers; ++l) clear(l);
+  }
+
+  // ---- Positions after eviction (docs/positions.md) ------------------------------------------
+
+  /// \brief Renumbers the slots of every head of `layer` to start, start+1, ... (head h:
+  /// [start, start + length(layer, h))) without touching K or V; new tokens continue at
+  /// start + max_length(layer) (next_position). For engines that re-rotate the kept keys with
+  /// their own RoPE kernel; rerotate_to_contiguous re-rotates and renumbers in one call.
+  /// \throws lagkv::error (nothing changed) for a bad layer, start < 0, or a numbering that
+  /// overflows index_t.
+  void renumber_positions(index_t layer, index_t start = 0) {
+    check_renumbering(layer, start);
+    renumber(layers_[static_cast<std::size_t>(layer)], start);
+  }
+
+  /// \brief Option (b) of docs/positions.md for `layer`: re-rotates every head's kept keys from
+  /// their stored positions to start, start+1, ... (rope.hpp's exact rotation by the integer
+  /// delta, computed in fp32 and rounded once to T; slots whose position does not change are
+  /// not touched), then renumbers like renumber_positions. Values are left alone (RoPE rotates
+  /// keys only). Each head is rotated against its own positions, so per-head eviction is fine;
+  /// heads of different lengths (head-wise budgets) all start at `start`. Allocates
+  /// O(max_length + rotary_dim) scratch per call.
+  /// \param rope  the model's RoPE: style, base, rotary_dim (partial rotary), scaling
+  /// \param start the first new position (0: the cache holds the sequence from its start)
+  /// \param isa   kernel; automatic = the CPU's best (see rope_force_scalar)
+  /// \throws lagkv::error (keys and positions unchanged) for a bad layer, start < 0 or an
+  /// overflowing numbering, rope parameters that do not fit head_dim, or an isa the CPU lacks;
+  /// std::bad_alloc (unchanged).
+  void rerotate_to_contiguous(index_t layer, const rope_params& rope, index_t start = 0,
+                              rope_isa isa = rope_isa::automatic) {
+    check_renumbering(layer, start);
+    rope.validate(cfg_.head_dim);
+    const rope_isa kernel = detail::rope_resolve_isa(isa);
+    layer_state& s = layers_[static_cast<std::size_t>(layer)];
+    std::vector<std::int64_t> deltas(static_cast<std::size_t>(max_length(layer)));
+    std::vector<kv_view<T>> group(static_cast<std::size_t>(cfg_.kv_heads));
+    detail::rope_angles angles(rope, cfg_.head_dim);
+    // Nothing below throws: every check and allocation is done. Adjacent heads holding the same
+    // positions (a per-layer kept set) go in one call, so each distinct delta's cosines are
+    // computed once for all of them (bench/RESULTS.md "RoPE": 8 heads, ~9x).
+    const index_t C = cfg_.capacity;
+    for (index_t h = 0; h < cfg_.kv_heads;) {
+      const index_t n = s.lengths[static_cast<std::size_t>(h)];
+      const index_t* pos = s.positions.data() + h * C;
+      for (index_t i = 0; i < n; ++i)  // both in [0, max index_t]: the difference cannot overflow
+        deltas[static_cast<std::size_t>(i)] = static_cast<std::int64_t>(start + i) - static_cast<std::int64_t>(pos[i]);
+      index_t g = 0;
+      do {
+        group[static_cast<std::size_t>(g++)] = mutable_view(s, true, h++, n);
+      } while (h < cfg_.kv_heads && s.lengths[static_cast<std::size_t>(h)] == n &&
+               std::equal(pos, pos + n, s.positions.data() + h * C));
+      detail::rope_rotate_prepared(group.data(), g, deltas.data(), n, angles, kernel);
+    }
+    renumber(s, start);
   }
 
  private:
@@ -401,6 +469,7 @@ class kv_cache {
     std::vector<index_t> lengths;    // [H]
     std::vector<index_t> positions;  // [H, capacity]
     index_t tokens_seen = 0;
+    index_t next_position = 0;       // position of the next appended token (tokens_seen unless renumbered)
     index_t appends = 0;
     index_t compressions = 0;
     bool skipped = false;
@@ -428,7 +497,11 @@ class kv_cache {
     runtime rt;
     rt.policy = policy;
     rt.pristine = std::move(policy);
-    const cache_shape s = shape();
+    // The layer's own shape: a transposed (hds) K or V makes its scorers copy rows, so the
+    // policy reserves room for that copy too in bind — the compaction phase must not allocate.
+    cache_shape s = shape();
+    const layer_memory<T>& mem = layers_[static_cast<std::size_t>(layer)].mem;
+    s.rows_contiguous = mem.k_layout.type() != kv_layout::kind::hds && mem.v_layout.type() != kv_layout::kind::hds;
     policy_ops::validate(rt.policy, s);
     policy_ops::bind(rt.policy, s, layer);
     rt.shares = policy_ops::shares_heads(rt.policy);
@@ -461,6 +534,26 @@ class kv_cache {
   void check_layer(index_t layer) const {
     LAGKV_CHECK(layer >= 0 && layer < cfg_.layers, "layer=", layer, ": out of range [0, ", cfg_.layers, ")");
   }
+
+  void check_renumbering(index_t layer, index_t start) const {
+    check_layer(layer);
+    LAGKV_CHECK(start >= 0, "start=", start, ": must be >= 0");
+    const index_t longest = max_length(layer);
+    LAGKV_CHECK(start <= std::numeric_limits<index_t>::max() - longest, "start=", start,
+                ": start + max_length=", longest, " overflows index_t");
+  }
+
+  // Heads numbered from `start`, the next token after the longest head.
+  void renumber(layer_state& s, index_t start) noexcept {
+    index_t longest = 0;
+    for (index_t h = 0; h < cfg_.kv_heads; ++h) {
+      const index_t n = s.lengths[static_cast<std::size_t>(h)];
+      index_t* pos = s.positions.data() + h * cfg_.capacity;
+      for (index_t i = 0; i < n; ++i) pos[i] = start + i;
+      longest = std::max(longest, n);
+    }
+    s.next_position = start + longest;
+  }
   void check_head(index_t layer, index_t head) const {
     check_layer(layer);
     LAGKV_CHECK(head >= 0 && head < cfg_.kv_heads, "head=", head, ": out of range [0, ", cfg_.kv_heads, ")");
@@ -488,6 +581,8 @@ class kv_cache {
       LAGKV_CHECK(tokens <= cfg_.capacity - held, "tokens=", tokens, ": capacity overflow at layer=", layer,
                   " head=", h, " (holds ", held, ", capacity=", cfg_.capacity, ")");
     }
+    LAGKV_CHECK(tokens <= std::numeric_limits<index_t>::max() - s.next_position, "tokens=", tokens,
+                ": positions overflow index_t at layer=", layer, " (next_position=", s.next_position, ")");
     // The policy sees the lengths before the append.
     if (tokens > 0) policy_ops::validate_append(s.rt.policy, info_of(layer, tokens), tokens, extras);
   }
@@ -549,10 +644,11 @@ class kv_cache {
         copy_rows(v->layout.view(v->data, H, v->extent(), D, h, tokens), mutable_view(s, false, h, held + tokens), held);
       }
       index_t* pos = s.positions.data() + h * C + held;
-      for (index_t i = 0; i < tokens; ++i) pos[i] = s.tokens_seen + i;
+      for (index_t i = 0; i < tokens; ++i) pos[i] = s.next_position + i;
       s.lengths[static_cast<std::size_t>(h)] = held + tokens;
     }
     s.tokens_seen += tokens;
+    s.next_position += tokens;
     s.appends += 1;
     for (index_t h = 0; s.rt.appends && h < H; ++h) {
       const head_data<T> d = head_of(layer, h);

@@ -252,6 +252,23 @@ void rope_run(const kv_view<T>* views, index_t n_views, const std::int64_t* delt
   }
 }
 
+/// The kernel switch of rope_rotate_views without its checks and allocations, for callers that
+/// validated the parameters, resolved the kernel (rope_resolve_isa) and built `a` beforehand
+/// (kv_cache::rerotate_to_contiguous, whose mutation phase must not throw): rotates token t of
+/// every view by deltas[t].
+template <class T>
+void rope_rotate_prepared(const kv_view<T>* views, index_t n_views, const std::int64_t* deltas, index_t tokens,
+                          rope_angles& a, rope_isa resolved) noexcept {
+  if (n_views == 0 || a.half() == 0) return;
+  switch (resolved) {
+#if LAGKV_DETAIL_ROPE_X86
+    case rope_isa::avx512: return rope_run<rope_kernel_avx512>(views, n_views, deltas, tokens, a);
+    case rope_isa::avx2: return rope_run<rope_kernel_avx2>(views, n_views, deltas, tokens, a);
+#endif
+    default: return rope_run<rope_kernel_scalar>(views, n_views, deltas, tokens, a);
+  }
+}
+
 inline rope_isa rope_resolve_isa(rope_isa isa) {
   if (isa == rope_isa::automatic) return rope_active_isa();
   LAGKV_CHECK(rope_isa_available(isa), "isa=", rope_isa_name(isa), ": not available on this CPU/build (best: ",
@@ -277,14 +294,7 @@ void rope_rotate_views(const kv_view<T>* views, index_t n_views, const std::vect
   p.validate(views[0].head_dim());
   const rope_isa kernel = rope_resolve_isa(isa);
   rope_angles angles(p, views[0].head_dim());
-  if (angles.half() == 0) return;
-  switch (kernel) {
-#if LAGKV_DETAIL_ROPE_X86
-    case rope_isa::avx512: return rope_run<rope_kernel_avx512>(views, n_views, deltas.data(), tokens, angles);
-    case rope_isa::avx2: return rope_run<rope_kernel_avx2>(views, n_views, deltas.data(), tokens, angles);
-#endif
-    default: return rope_run<rope_kernel_scalar>(views, n_views, deltas.data(), tokens, angles);
-  }
+  rope_rotate_prepared(views, n_views, deltas.data(), tokens, angles, kernel);
 }
 
 template <class Pos>
