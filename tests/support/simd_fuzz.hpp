@@ -117,10 +117,11 @@ inline double lagkv_tolerance(index_t d, index_t lag, double y) {
 /// Where float cannot be trusted, dispatch.hpp sends a chunk to the oracle when a float std
 /// exceeds kFloatMaxStd (2^12): where the oracle's std is above that by more than the model's
 /// error, the chunk certainly took that path and is checked against kExactRel (the fuzz_simd
-/// finding, SimdFinding.* in tests/test_reliability.cpp, is this case). What stays unchecked in
-/// practice is the regime the kernels do not route: Y beyond ~1e5 with every std <= 2^12 (rows
-/// far outside the reference's range with a small spread; dispatch.hpp's finish_chunk and
-/// docs/reliability.md, "Findings").
+/// finding, SimdFinding.* in tests/test_reliability.cpp, is this case). Rows far outside the
+/// reference's range with a small spread (|mean(y)| > kFloatMaxMean, every std <= 2^12) are sent
+/// to the oracle by the kernels' two-pass path; the one-pass path accepts a row only when
+/// mean^2 <= 2 var, so a row escapes that routing only while |mean(y)| <= sqrt(2) * 2^12: beyond
+/// 1.5 * kFloatMaxMean the chunk is certainly exact and is checked against kExactRel too.
 constexpr double kModelLimit = 1.0 / 16.0;
 constexpr double kExactRel = 8.0 * std::numeric_limits<float>::epsilon();  // float(p_k) + w * float(p_v)
 
@@ -146,6 +147,22 @@ double max_oracle_std(kv_view<const T> chunk, kv_view<const T> ref) {
   return m;
 }
 
+/// The largest finite |mean(y)| of a row of `chunk` (y the oracle's normalised values); 0 when none.
+template <class T>
+double max_abs_oracle_mean(kv_view<const T> chunk, kv_view<const T> ref) {
+  const index_t d = chunk.head_dim();
+  std::vector<double> s(usz(chunk.tokens())), lo(usz(d)), inv(usz(d));
+  lagkv::reference::lagkv_token_std<T>(chunk, ref, s.data(), lo.data(), inv.data());
+  double m = 0.0;
+  for (index_t t = 0; t < chunk.tokens(); ++t) {
+    double sum = 0.0;
+    for (index_t c = 0; c < d; ++c) sum += (static_cast<double>(lagkv::to_float(chunk(t, c))) - lo[usz(c)]) * inv[usz(c)];
+    const double mean = std::fabs(sum / static_cast<double>(d));
+    if (std::isfinite(mean)) m = std::max(m, mean);
+  }
+  return m;
+}
+
 /// One tensor's part: the float model, or kExactRel where the chunk certainly went to the oracle
 /// (the float std of its widest row, within `rel` of the oracle's, is above kFloatMaxStd) or
 /// every score is NaN (a NaN in the reference).
@@ -153,7 +170,8 @@ template <class T>
 chunk_tolerance tensor_tolerance(kv_view<const T> chunk, kv_view<const T> ref, index_t d, index_t lag) {
   const double rel = lagkv_tolerance(d, lag, normalised_max<T>(chunk, ref));
   const double max_std = max_oracle_std<T>(chunk, ref);
-  if (max_std < 0.0 || max_std - rel > static_cast<double>(lagkv::simd::detail::kFloatMaxStd))
+  if (max_std < 0.0 || max_std - rel > static_cast<double>(lagkv::simd::detail::kFloatMaxStd) ||
+      max_abs_oracle_mean<T>(chunk, ref) > 1.5 * static_cast<double>(lagkv::simd::detail::kFloatMaxMean))
     return {kExactRel, true};
   return {rel, relative_bound(rel) < 1.0};
 }

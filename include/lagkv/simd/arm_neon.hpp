@@ -97,6 +97,7 @@ inline float row_std(const T* row, index_t head_dim, const float* lo, const floa
     }
   }
   const float mean = vaddvq_f32(vaddq_f32(acc0, acc1)) / static_cast<float>(head_dim);
+  if (std::fabs(mean) > detail::kFloatMaxMean) return INFINITY;  // far outside the reference: oracle
   const float32x4_t neg_mean = vdupq_n_f32(-mean);
   float32x4_t sq0 = vdupq_n_f32(0.0f), sq1 = vdupq_n_f32(0.0f);
   const index_t kd = (full + (rem ? 1 : 0)) * C;

@@ -156,6 +156,18 @@ bool mm_resolve(const void* state, index_t head_dim, T* max_out, T* min_out) {
 /// not finite and normal, and not 0); some |lo*inv + 0.5| > 2 (the FMA form is not accurate).
 inline constexpr unsigned kRefPoisoned = 1, kRefUnsafe = 2, kRefFarBias = 4;
 
+/// Float stds above this send their chunk to the oracle (dispatch.hpp's finish_chunk says why).
+inline constexpr float kFloatMaxStd = 0x1p12f;
+
+/// A row whose normalised mean |mean(y)| exceeds this is scored by the oracle: the two-pass
+/// kernels report +Inf as its std (finish_chunk's non-finite handling then finds the double std
+/// finite and recomputes the chunk exactly). Rows that far outside the reference's range carry an
+/// absolute std error of ~(D/8 + c) * eps * |mean(y)| in float, which reorders the small stds of
+/// rows with little spread; the one-pass kernels never see such rows (they reject any row with
+/// mean^2 > 2 var to the two-pass path, and var is bounded by kFloatMaxStd), so the check costs
+/// one compare per two-pass row. Real rows sit within a few reference ranges (|mean(y)| = O(1)).
+inline constexpr float kFloatMaxMean = 0x1p12f;
+
 /// Portable ref_stats (scalar and NEON targets): resolve the trackers, convert with the
 /// target's loads, then one branch-free loop over kernel positions.
 template <class T, void (*LoadToF32)(const T*, index_t, float*), index_t (*KernelDim)(index_t)>

@@ -443,9 +443,6 @@ inline bool all_finite(const float* s, index_t n) {
   return bad == 0;
 }
 
-/// Float stds above this send their chunk to the oracle (see finish_chunk).
-inline constexpr float kFloatMaxStd = 0x1p12f;
-
 /// True when some entry exceeds kFloatMaxStd (NaN compares false: NaN rows are handled apart).
 /// Branch-free, so it vectorises: one pass over a chunk's stds.
 inline bool any_above_float_max_std(const float* s, index_t n) {
@@ -470,10 +467,10 @@ inline bool any_above_float_max_std(const float* s, index_t n) {
 /// tells apart come out equal or swapped in float, so the kept set changes (the fuzz_simd
 /// finding: stds ~2e16 differing by ~300). Double has 29 more bits. Real normalised stds are
 /// O(1..100), so the oracle does not run on real data; the test is one pass over the stds.
-/// Not covered (docs/reliability.md): rows far outside the reference's range with a small
-/// spread (|mean(y)| >~ 1e7, s <= 2^12) keep the error above, which rms(y) makes large; catching
-/// them needs each row's mean or max |y|, which the kernels do not report (a min/max pass over
-/// the chunk instead measured +30 % on a decode-time, one-chunk compression).
+/// Rows far outside the reference's range with a small spread (|mean(y)| large, s <= 2^12) would
+/// keep an error that rms(y) makes large: the kernels' two-pass path (the only one such rows
+/// reach) reports +Inf for them (kFloatMaxMean, common.hpp), which the non-finite branch above
+/// turns into an exact chunk.
 template <class T>
 void finish_chunk(const target_kernels& tk, const kv_view<const T>& chunk, const kv_view<const T>& ref,
                   const T* const* srows, const ref_summary& rs, workspace& ws, float w, bool accumulate, float* out) {

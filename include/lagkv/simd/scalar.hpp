@@ -33,6 +33,10 @@ void fused_rows(const T* const* srows, index_t ns, const T* const* mrows, index_
       sum += static_cast<double>(ubuf[c] * inv[c]);
     }
     const float mean = static_cast<float>(sum * inv_n);
+    if (std::fabs(mean) > detail::kFloatMaxMean) {  // far outside the reference: the oracle scores it
+      out_std[t] = INFINITY;
+      continue;
+    }
     double ss = 0.0;
     for (index_t c = 0; c < head_dim; ++c) {
       const float dev = std::fma(ubuf[c], inv[c], -mean);

@@ -155,7 +155,12 @@ inline void score_rows_two_pass(const T* const* rows, index_t nr, index_t head_d
         acc = vt::fmadd(u, vt::load(inv + pos + W * k), acc);
       }
     }
-    const vf mean = vt::set1(vt::hsum(acc) * inv_d);
+    const float mean_y = vt::hsum(acc) * inv_d;
+    if (std::fabs(mean_y) > detail::kFloatMaxMean) {  // far outside the reference: the oracle scores it
+      out[t] = INFINITY;
+      continue;
+    }
+    const vf mean = vt::set1(mean_y);
     vf sq = vt::zero();
     for (index_t g = 0; g < groups; ++g) {
       const index_t pos = g * C;
