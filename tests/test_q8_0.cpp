@@ -676,6 +676,127 @@ INSTANTIATE_TEST_SUITE_P(AllTargets, Q8L2,
                                   kind_name(std::get<1>(info.param));
                          });
 
+// ---- Chunks float cannot resolve go to the oracle ---------------------------------------------------
+//
+// The fp32 path's two rules (simd/dispatch.hpp finish_chunk; common.hpp kFloatMaxStd and
+// kFloatMaxMean) hold for q8_0 too: a chunk with a std above 2^12, or with a row whose mean
+// normalised value is beyond 2^12, is scored by the oracle. The chunks below hold several tokens
+// with (nearly) equal oracle stds but different values, so float errors of O(0.1..1) in the stds
+// reorder them: before the rules every target (scalar included: its double sums use the float
+// 1/range) was off by 0.03 (wide), 0.035 (far_above) and 0.004 (far_below), top-k differing.
+//   wide: reference values in [0, 127 * 2^-12], the scored tokens share three blocks of values
+//     up to 2048 * 127 and differ only in a fourth, small block: normalised stds ~5e6 that differ
+//     by O(1).
+//   far: scored tokens 2^27 (~1.3e8) or -2^24 reference ranges away with a spread of O(10..100)
+//     normalised: reference block b has scale m_b 2^-24 (m_b = 1800 + b) and values q_c * scale
+//     (q_c in [64, 127]) above a zero row; token t's block b has scale (m_b + j_t) 2^(E-24) and
+//     the same q_c, so its normalised values are exactly 2^E (1 + j_t / m_b): j_t and -j_t give
+//     equal oracle stds but different float errors.
+// Scores are compared with the oracle within 1e-3 (absolute) and top-k, on the chunk entry point
+// and on the sequence one (a random chunk 0 scored against the extreme chunk 1, then chunk 1).
+
+enum class extreme { wide, far_above, far_below };
+const char* extreme_name(extreme e) {
+  switch (e) {
+    case extreme::wide: return "wide";
+    case extreme::far_above: return "far_above";
+    case extreme::far_below: return "far_below";
+  }
+  return "?";
+}
+
+constexpr index_t kExtremeDim = 128, kExtremeBlocks = kExtremeDim / 32, kExtremeLag = 16;
+
+/// [lag random tokens | lag extreme tokens | lag reference tokens] of kExtremeDim channels.
+std::vector<block_q8_0> make_extreme(extreme e) {
+  const index_t nb = kExtremeBlocks, lag = kExtremeLag;
+  std::vector<block_q8_0> q = quantize(make_values(kind::random, 3 * lag, kExtremeDim, lag, 91));
+  std::mt19937 rng(92);
+  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  auto set = [&](index_t t, index_t b, float d, auto&& value) {
+    block_q8_0& blk = q[static_cast<std::size_t>(t * nb + b)];
+    blk.d = lagkv::to_f16(d);
+    for (int j = 0; j < 32; ++j) blk.qs[j] = static_cast<std::int8_t>(value(j));
+  };
+  const index_t chunk = lag, ref = 2 * lag;
+  if (e == extreme::wide) {
+    for (index_t t = 0; t < lag; ++t)
+      for (index_t b = 0; b < nb; ++b) set(ref + t, b, 0x1p-12f, [&](int) { return uniform(0, 127); });
+    std::vector<int> shared(static_cast<std::size_t>(32 * (nb - 1)));
+    for (int& v : shared) v = uniform(-127, 127);
+    for (index_t t = 0; t < lag; ++t) {
+      for (index_t b = 0; b + 1 < nb; ++b)
+        set(chunk + t, b, 2048.0f, [&](int j) { return shared[static_cast<std::size_t>(b * 32 + j)]; });
+      const float d = 2.0f * static_cast<float>(uniform(1, 1000)) / 1000.0f;
+      set(chunk + t, nb - 1, d, [&](int) { return uniform(-127, 127); });
+    }
+  } else {
+    const int exponent = e == extreme::far_above ? 27 : 24;
+    const float sign = e == extreme::far_above ? 1.0f : -1.0f;
+    std::vector<int> top(static_cast<std::size_t>(kExtremeDim));
+    for (int& v : top) v = uniform(64, 127);
+    auto m = [](index_t b) { return 1800.0f + static_cast<float>(b); };
+    for (index_t t = 0; t < lag; ++t)
+      for (index_t b = 0; b < nb; ++b)
+        set(ref + t, b, m(b) * 0x1p-24f, [&](int j) {
+          const int c = top[static_cast<std::size_t>(b * 32 + j)];
+          return t == 0 ? 0 : t == 1 ? c : uniform(0, c);
+        });
+    const int js[kExtremeLag] = {3, -3, 0, 2, -2, 3, -3, 1, -1, 0, 2, -2, 3, -3, 1, -1};
+    for (index_t t = 0; t < lag; ++t)
+      for (index_t b = 0; b < nb; ++b)
+        set(chunk + t, b, sign * (m(b) + static_cast<float>(js[t])) * std::ldexp(1.0f, exponent - 24),
+            [&](int j) { return top[static_cast<std::size_t>(b * 32 + j)]; });
+  }
+  return q;
+}
+
+/// got within 1e-3 of the oracle and the same top-(n/2).
+void expect_like_oracle(const float* got, const float* want, index_t n, const char* what) {
+  for (index_t i = 0; i < n; ++i) EXPECT_NEAR(got[i], want[i], 1e-3) << what << " token " << i;
+  EXPECT_EQ(lagkv::select_top_k(got, n, n / 2), lagkv::select_top_k(want, n, n / 2)) << what;
+}
+
+using extreme_param = std::tuple<target, extreme>;
+class Q8Extreme : public ::testing::TestWithParam<extreme_param> {};
+
+TEST_P(Q8Extreme, ChunkEntryPointScoresAsTheOracle) {
+  const auto [tg, e] = GetParam();
+  LAGKV_REQUIRE_TARGET(tg);
+  lagkv::simd::scoped_target use(tg);
+  const index_t lag = kExtremeLag;
+  const std::vector<block_q8_0> q = make_extreme(e);
+  const auto x = lagkv::view_q8_hsd(q.data(), 1, 3 * lag, kExtremeDim, 0, 3 * lag);
+  float got[kExtremeLag], want[kExtremeLag];
+  lagkv::dispatch::lagkv_chunk_scores(x.slice(lag, lag), x.slice(2 * lag, lag), q8_0_view(), q8_0_view(), 0.0, got);
+  lagkv::reference::lagkv_chunk_scores(x.slice(lag, lag), x.slice(2 * lag, lag), q8_0_view(), q8_0_view(), 0.0, want);
+  expect_like_oracle(got, want, lag, "chunk");
+}
+
+TEST_P(Q8Extreme, SequenceEntryPointScoresAsTheOracle) {
+  const auto [tg, e] = GetParam();
+  LAGKV_REQUIRE_TARGET(tg);
+  lagkv::simd::scoped_target use(tg);
+  const index_t lag = kExtremeLag;
+  const std::vector<block_q8_0> q = make_extreme(e);
+  const auto x = lagkv::view_q8_hsd(q.data(), 1, 3 * lag, kExtremeDim, 0, 3 * lag);
+  float got[2 * kExtremeLag], want[2 * kExtremeLag];
+  lagkv::dispatch::lagkv_sequence_scores(x, x, lag, 2, 0.5, got);
+  for (index_t c = 0; c < 2; ++c)
+    lagkv::reference::lagkv_chunk_scores(x.slice(c * lag, lag), x.slice((c + 1) * lag, lag), x.slice(c * lag, lag),
+                                         x.slice((c + 1) * lag, lag), 0.5, want + c * lag);
+  expect_like_oracle(got, want, lag, "sequence chunk 0 (random, against the extreme chunk)");
+  expect_like_oracle(got + lag, want + lag, lag, "sequence chunk 1 (extreme)");
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTargets, Q8Extreme,
+                         ::testing::Combine(::testing::ValuesIn(compiled_targets()),
+                                            ::testing::Values(extreme::wide, extreme::far_above, extreme::far_below)),
+                         [](const auto& info) {
+                           return std::string(lagkv::simd::target_name(std::get<0>(info.param))) + "_" +
+                                  extreme_name(std::get<1>(info.param));
+                         });
+
 // ---- SIMD vs scalar ------------------------------------------------------------------------------
 
 class Q8SimdVsScalar : public ::testing::TestWithParam<target> {};

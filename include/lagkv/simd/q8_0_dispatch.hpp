@@ -24,7 +24,11 @@
 /// is not needed. A block with an Inf/NaN scale makes its chunk (as scored chunk or as
 /// reference) take the exact path: that chunk and its reference are dequantised into scratch
 /// and scored by the double-precision oracle, which gives the oracle's NaN semantics. Rows whose
-/// one-pass variance is ill-conditioned are redone in two passes in double.
+/// one-pass variance is ill-conditioned are redone in two passes in double. The fp32 path's two
+/// precision rules apply unchanged (simd/dispatch.hpp finish_chunk says why): a chunk with a std
+/// above kFloatMaxStd (2^12), or with a row whose mean normalised value exceeds kFloatMaxMean
+/// (2^12: float's 1/range then puts errors of O(eps * |mean|) into its small std), is scored by the
+/// oracle. Both are one compare per row or per two-pass row; real data never reaches them.
 
 #include <algorithm>
 #include <cmath>
@@ -36,6 +40,7 @@
 #include "lagkv/score/l2norm.hpp"
 #include "lagkv/score/lagkv.hpp"
 #include "lagkv/select.hpp"
+#include "lagkv/simd/common.hpp"
 #include "lagkv/simd/dispatch.hpp"
 #include "lagkv/simd/q8_0_scalar.hpp"
 #include "lagkv/simd/q8_0_x86.hpp"
@@ -212,7 +217,8 @@ inline bool ref_stats(const q8_kernel_set& ks, workspace& ws, int which, index_t
   return ks.ref_stats(ws.mn[which].data(), ws.mx[which].data(), d, ws.lo.data(), ws.inv.data(), ws.bias.data());
 }
 
-/// Two passes in double with the float lo/inv (a row the one-pass form rejected).
+/// Two passes in double with the float lo/inv (a row the one-pass form rejected); +Inf for a row
+/// whose mean is beyond kFloatMaxMean, which sends its chunk to the oracle (see score_chunk).
 inline float row_std_two_pass(const block_q8_0* row, index_t d, const float* lo, const float* inv) {
   auto y = [&](index_t c) {
     return (static_cast<double>(dequantize_value(row[c / kQ8BlockValues], c % kQ8BlockValues)) - lo[c]) * inv[c];
@@ -220,6 +226,9 @@ inline float row_std_two_pass(const block_q8_0* row, index_t d, const float* lo,
   double sum = 0.0;
   for (index_t c = 0; c < d; ++c) sum += y(c);
   const double mean = sum / static_cast<double>(d);
+  // The float inv of each channel is off by up to 2^-24 relative, i.e. by ~|mean| * 2^-24 per
+  // value here: beyond 2^12 that reorders the small stds of such rows.
+  if (std::fabs(mean) > simd::detail::kFloatMaxMean) return INFINITY;
   double ss = 0.0;
   for (index_t c = 0; c < d; ++c) ss += (y(c) - mean) * (y(c) - mean);
   return static_cast<float>(std::sqrt(ss / static_cast<double>(d - 1)));
@@ -259,6 +268,19 @@ inline void prefetch_l2(const char* p) {
 #endif
 }
 
+/// True when every std is <= kFloatMaxStd (false for +Inf, the far-row mark, and for NaN, which
+/// finite scales do not produce). Branch-free: one pass over a chunk's stds.
+inline bool all_float_resolvable(const float* s, index_t n) {
+  int bad = 0;
+  for (index_t i = 0; i < n; ++i) bad |= static_cast<int>(!(s[i] <= simd::detail::kFloatMaxStd));
+  return bad == 0;
+}
+
+/// How score_chunk left a chunk. `exact`: its stds are beyond what float resolves (its own
+/// min/max fold is complete); `bad_scale`: an Inf/NaN scale in its rows (its fold is not).
+/// Either way the caller scores the chunk with exact_chunk; out is not written.
+enum class chunk_status { ok, exact, bad_scale };
+
 /// Folds the min/max of `rows` into slot `which` (a reference nobody scores against yet).
 inline bool fold_only(const q8_kernel_set& ks, const block_q8_0* const* rows, index_t n, index_t nb, int which,
                       workspace& ws) {
@@ -267,9 +289,10 @@ inline bool fold_only(const q8_kernel_set& ks, const block_q8_0* const* rows, in
 
 /// Scores `chunk` against the reference statistics of slot `ref` (ws.mn/mx), folding its own
 /// min/max into slot `fold` (or not, -1), and turns the stds into softmax probabilities in out
-/// (or adds w*p). Returns whether the chunk's rows had an Inf/NaN scale (out is then not written).
-inline bool score_chunk(const simd::detail::target_kernels& tk, const q8_kernel_set& ks, const q8_0_view& chunk,
-                        const q8_0_view& next, int ref, int fold, float w, bool accumulate, float* out, workspace& ws) {
+/// (or adds w*p). Returns ok, or why the chunk must go to exact_chunk (out is then not written).
+inline chunk_status score_chunk(const simd::detail::target_kernels& tk, const q8_kernel_set& ks,
+                                const q8_0_view& chunk, const q8_0_view& next, int ref, int fold, float w,
+                                bool accumulate, float* out, workspace& ws) {
   const index_t n = chunk.tokens(), d = chunk.head_dim(), nb = chunk.blocks_per_row();
   const bool small = ref_stats(ks, ws, ref, d);
   ws.stds.resize(static_cast<std::size_t>(n));
@@ -285,12 +308,13 @@ inline bool score_chunk(const simd::detail::target_kernels& tk, const q8_kernel_
                          ws.stds.data() + i, fold >= 0 ? ws.mn[fold].data() : nullptr,
                          fold >= 0 ? ws.mx[fold].data() : nullptr);
   }
-  if (bad) return true;
+  if (bad) return chunk_status::bad_scale;
   float* s = ws.stds.data();
   for (index_t t = 0; t < n; ++t)
     if (s[t] < 0.0f) s[t] = row_std_two_pass(rows[t], d, ws.lo.data(), ws.inv.data());
+  if (!all_float_resolvable(s, n)) return chunk_status::exact;  // stds or means beyond 2^12
   tk.softmax(s, n, w, out, accumulate);  // finite scales give finite stds (see file comment)
-  return false;
+  return chunk_status::ok;
 }
 
 /// One tensor, one chunk against an arbitrary (non-empty) reference.
@@ -300,7 +324,7 @@ inline void score_one_chunk(const simd::detail::target_kernels& tk, const q8_ker
   mm_init(ws, 0, d);
   const bool ref_bad =
       fold_only(ks, rows_of(ref, 0, ref.tokens(), ws.rows), ref.tokens(), chunk.blocks_per_row(), 0, ws);
-  if (ref_bad || score_chunk(tk, ks, chunk, q8_0_view(), 0, -1, w, accumulate, out, ws))
+  if (ref_bad || score_chunk(tk, ks, chunk, q8_0_view(), 0, -1, w, accumulate, out, ws) != chunk_status::ok)
     exact_chunk(chunk, ref, w, accumulate, out, ws);
 }
 
@@ -316,15 +340,15 @@ inline void sweep(const simd::detail::target_kernels& tk, const q8_kernel_set& k
   for (index_t j = chunks - 1; j >= 0; --j) {
     const bool fold = j > 0;  // chunk 0 is nobody's reference
     if (fold) mm_init(ws, cur, d);
-    bool bad = false;
+    chunk_status st = chunk_status::ok;
     if (!ref_bad)
-      bad = score_chunk(tk, ks, x.slice(j * lag, lag), fold ? x.slice((j - 1) * lag, lag) : q8_0_view(), ref,
-                        fold ? cur : -1, w, accumulate, out + j * lag, ws);
-    else if (fold)
-      bad = fold_only(ks, rows_of(x, j * lag, lag, ws.rows), lag, nb, cur, ws);
-    if (ref_bad || bad)
+      st = score_chunk(tk, ks, x.slice(j * lag, lag), fold ? x.slice((j - 1) * lag, lag) : q8_0_view(), ref,
+                       fold ? cur : -1, w, accumulate, out + j * lag, ws);
+    else if (fold && fold_only(ks, rows_of(x, j * lag, lag, ws.rows), lag, nb, cur, ws))
+      st = chunk_status::bad_scale;
+    if (ref_bad || st != chunk_status::ok)
       exact_chunk(x.slice(j * lag, lag), x.slice((j + 1) * lag, lag), w, accumulate, out + j * lag, ws);
-    ref_bad = bad;
+    ref_bad = st == chunk_status::bad_scale;  // an exact-only chunk's own min/max is complete
     std::swap(ref, cur);
   }
 }

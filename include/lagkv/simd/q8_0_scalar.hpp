@@ -15,6 +15,7 @@
 
 #include "lagkv/dtype.hpp"
 #include "lagkv/q8_0.hpp"
+#include "lagkv/simd/common.hpp"
 
 namespace lagkv {
 namespace simd {
@@ -25,7 +26,8 @@ struct q8_kernel_set {
   /// For rows[0..n): when `out` is given, out[t] = unbiased std over channels of
   /// z = (d*q - lo)*inv - 0.5, as fma(d*q, inv, bias) when `bias` (-lo*inv - 0.5, every
   /// |bias| <= 2) is given; a target may use the one-pass form and write -1 where it is
-  /// ill-conditioned (the caller redoes those rows in two passes). When `mn` is given, folds the
+  /// ill-conditioned (the caller redoes those rows in two passes, and sends the chunk of a row
+  /// whose mean is beyond kFloatMaxMean to the oracle). When `mn` is given, folds the
   /// values into the per-channel min/max mn/mx (head_dim floats each, updated in place).
   /// Returns true when some row has an Inf/NaN scale (its out[] and mn/mx are then unspecified).
   bool (*score_rows)(const block_q8_0* const* rows, index_t n, index_t nb, const float* lo, const float* inv,
@@ -55,7 +57,9 @@ inline float scale_of(const block_q8_0& b, unsigned& bad) {
 
 namespace scalar {
 
-/// Two passes in double (mean, then squared deviations): the most accurate target, never -1.
+/// Two passes in double (mean, then squared deviations): the most accurate target. -1 only for
+/// a row whose mean is beyond kFloatMaxMean (the float lo/inv put errors of ~|mean| * 2^-24 into
+/// its std), so the caller handles it as it does the other targets' rows: by the oracle.
 inline bool score_rows(const block_q8_0* const* rows, index_t n, index_t nb, const float* lo, const float* inv,
                        const float* /*bias*/, float* out, float* mn, float* mx) {
   unsigned bad = 0;
@@ -78,6 +82,10 @@ inline bool score_rows(const block_q8_0* const* rows, index_t n, index_t nb, con
     }
     if (out == nullptr) continue;
     const double mean = sum / static_cast<double>(dim);
+    if (std::fabs(mean) > simd::detail::kFloatMaxMean) {
+      out[t] = -1.0f;
+      continue;
+    }
     double ss = 0.0;
     for (index_t c = 0; c < dim; ++c) {
       const double dev =
