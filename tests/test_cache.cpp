@@ -16,71 +16,29 @@
 #include <vector>
 
 #include "support/golden.hpp"
+#include "support/cache_layouts.hpp"
 #include "support/plain_cache.hpp"
 
 namespace {
 
 using lagkv::index_t;
+using lagkv_test::cache_layout;
+using lagkv_test::layout_name;
 
 // ---- Engine-owned memory in every layout ----------------------------------------------------
 
-enum class layout_id { owned, hsd, shd, llama, hds, paged };
-
-const char* layout_name(layout_id id) {
-  switch (id) {
-    case layout_id::owned: return "owned";
-    case layout_id::hsd: return "hsd";
-    case layout_id::shd: return "shd";
-    case layout_id::llama: return "shdK_hdsV";
-    case layout_id::hds: return "hds";
-    case layout_id::paged: return "paged";
-  }
-  return "?";
-}
-const layout_id kLayouts[] = {layout_id::owned, layout_id::hsd, layout_id::shd,
-                              layout_id::llama, layout_id::hds, layout_id::paged};
+const cache_layout kLayouts[] = {cache_layout::owned, cache_layout::hsd, cache_layout::shd,
+                                 cache_layout::llama, cache_layout::hds, cache_layout::paged};
 const lagkv::dtype kDtypes[] = {lagkv::dtype::f32, lagkv::dtype::f16, lagkv::dtype::bf16};
-
-// Buffers an engine would own; filled with a byte pattern so nothing relies on zeroed memory.
-template <class T>
-struct engine_memory {
-  std::vector<T> k, v;
-  std::vector<std::int32_t> table;
-  std::vector<lagkv::layer_memory<T>> layers;
-
-  engine_memory(layout_id id, index_t L, index_t H, index_t C, index_t D) {
-    if (id == layout_id::owned) return;
-    index_t per_layer = H * C * D;
-    lagkv::kv_layout kl = lagkv::kv_layout::hsd(), vl = lagkv::kv_layout::hsd();
-    if (id == layout_id::shd) kl = vl = lagkv::kv_layout::shd();
-    if (id == layout_id::llama) kl = lagkv::kv_layout::shd(), vl = lagkv::kv_layout::hds();
-    if (id == layout_id::hds) kl = vl = lagkv::kv_layout::hds();
-    if (id == layout_id::paged) {
-      const index_t bs = 7;  // prime: blocks straddle every interesting boundary
-      const index_t blocks = (C + bs - 1) / bs, pool_blocks = blocks + 3;
-      std::vector<std::int32_t> ids(static_cast<std::size_t>(pool_blocks));
-      std::iota(ids.begin(), ids.end(), 0);
-      std::shuffle(ids.begin(), ids.end(), std::mt19937(17));
-      table.assign(ids.begin(), ids.begin() + blocks);
-      per_layer = pool_blocks * bs * H * D;
-      kl = vl = lagkv::kv_layout::paged(table.data(), bs);
-    }
-    k.resize(static_cast<std::size_t>(per_layer * L));
-    v.resize(k.size());
-    std::memset(static_cast<void*>(k.data()), 0x5a, k.size() * sizeof(T));
-    std::memset(static_cast<void*>(v.data()), 0xa5, v.size() * sizeof(T));
-    for (index_t l = 0; l < L; ++l) layers.push_back({k.data() + l * per_layer, v.data() + l * per_layer, kl, vl});
-  }
-};
 
 template <class T>
 struct cache_under_test {
-  engine_memory<T> mem;
+  lagkv_test::engine_memory<T> mem;
   std::unique_ptr<lagkv::kv_cache<T>> cache;
-  cache_under_test(layout_id id, const lagkv::cache_config& cfg, const lagkv::any_policy& p)
+  cache_under_test(cache_layout id, const lagkv::cache_config& cfg, const lagkv::any_policy& p)
       : mem(id, cfg.layers, cfg.kv_heads, cfg.capacity, cfg.head_dim) {
-    cache = id == layout_id::owned ? std::make_unique<lagkv::kv_cache<T>>(cfg, p)
-                                   : std::make_unique<lagkv::kv_cache<T>>(cfg, mem.layers, p);
+    cache = id == cache_layout::owned ? std::make_unique<lagkv::kv_cache<T>>(cfg, p)
+                                      : std::make_unique<lagkv::kv_cache<T>>(cfg, mem.layers, p);
   }
 };
 
@@ -102,7 +60,7 @@ bool golden_applies(lagkv::dtype stored, lagkv::dtype run) {
 
 // ---- Golden LagKV cases through the container ----------------------------------------------
 
-using golden_param = std::tuple<std::string, layout_id, lagkv::dtype>;
+using golden_param = std::tuple<std::string, cache_layout, lagkv::dtype>;
 
 std::string golden_param_name(const ::testing::TestParamInfo<golden_param>& info) {
   return std::get<0>(info.param) + "_" + layout_name(std::get<1>(info.param)) + "_" +
@@ -110,7 +68,7 @@ std::string golden_param_name(const ::testing::TestParamInfo<golden_param>& info
 }
 
 template <class T>
-void run_golden_trajectory(const lagkv_test::golden_case& g, layout_id layout, lagkv::dtype run_type) {
+void run_golden_trajectory(const lagkv_test::golden_case& g, cache_layout layout, lagkv::dtype run_type) {
   const index_t H = g.heads(), S = g.tokens(), D = g.head_dim();
   const auto steps = g.expected["steps"].as_vector<index_t>();
   const auto want_lengths = g.expected["lengths_after_each_step"].as_vector<index_t>();
@@ -155,7 +113,7 @@ void run_golden_trajectory(const lagkv_test::golden_case& g, layout_id layout, l
 }
 
 template <class T>
-void run_golden_score(const lagkv_test::golden_case& g, layout_id layout, lagkv::dtype run_type) {
+void run_golden_score(const lagkv_test::golden_case& g, cache_layout layout, lagkv::dtype run_type) {
   const index_t H = g.heads(), S = g.tokens(), D = g.head_dim();
   const std::vector<T> k = to_dtype<T>(g.k), v = to_dtype<T>(g.v);
   lagkv::cache_config cfg;
@@ -200,7 +158,7 @@ class GoldenThroughCache : public ::testing::TestWithParam<golden_param> {};
 
 TEST_P(GoldenThroughCache, MatchesInEveryLayoutAndDtype) {
   const std::string name = std::get<0>(GetParam());
-  const layout_id layout = std::get<1>(GetParam());
+  const cache_layout layout = std::get<1>(GetParam());
   const lagkv::dtype run_type = std::get<2>(GetParam());
   const lagkv_test::golden_case g = lagkv_test::load_golden(name);
   lagkv::visit_dtype(run_type, [&](auto tag) {
@@ -258,7 +216,7 @@ struct kv_result {
 };
 
 template <class T>
-kv_result run_policy(const lagkv_test::plain_config& pc, layout_id layout) {
+kv_result run_policy(const lagkv_test::plain_config& pc, cache_layout layout) {
   const auto kf = exact_in_all_dtypes(1, kH), vf = exact_in_all_dtypes(2, kH), q = exact_in_all_dtypes(3, kQH);
   const auto k = lagkv_test::convert<T>(kf), v = lagkv_test::convert<T>(vf);
   lagkv::cache_config cfg;
@@ -293,15 +251,15 @@ kv_result run_policy(const lagkv_test::plain_config& pc, layout_id layout) {
   return r;
 }
 
-using layout_param = std::tuple<policy_named, layout_id, lagkv::dtype>;
+using layout_param = std::tuple<policy_named, cache_layout, lagkv::dtype>;
 
 class LayoutsAndDtypes : public ::testing::TestWithParam<layout_param> {};
 
 TEST_P(LayoutsAndDtypes, GiveTheResultOfTheOwnedFp32Cache) {
   const policy_named pol = std::get<0>(GetParam());
-  const layout_id layout = std::get<1>(GetParam());
+  const cache_layout layout = std::get<1>(GetParam());
   const lagkv::dtype type = std::get<2>(GetParam());
-  const kv_result want = run_policy<float>(pol.cfg, layout_id::owned);
+  const kv_result want = run_policy<float>(pol.cfg, cache_layout::owned);
   const kv_result got = lagkv::visit_dtype(type, [&](auto tag) { return run_policy<decltype(tag)>(pol.cfg, layout); });
   EXPECT_EQ(got.positions, want.positions);
   EXPECT_EQ(got.k, want.k);

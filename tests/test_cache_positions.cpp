@@ -24,11 +24,15 @@
 #include <string>
 #include <vector>
 
+#include "support/cache_layouts.hpp"
+
 namespace {
 
 using lagkv::bf16;
 using lagkv::f16;
 using lagkv::index_t;
+using lagkv_test::cache_layout;
+using lagkv_test::layout_name;
 
 constexpr index_t kLayers = 2, kHeads = 2, kDim = 64, kCapacity = 96, kTokens = 60;
 
@@ -38,17 +42,6 @@ lagkv::lagkv_params small_lagkv() {
   p.lag = 8;
   p.ratio = 0.5;
   return p;
-}
-
-enum class layout_id { owned, shd, hds, paged };
-const char* layout_name(layout_id id) {
-  switch (id) {
-    case layout_id::owned: return "owned";
-    case layout_id::shd: return "shd";
-    case layout_id::hds: return "hds";
-    case layout_id::paged: return "paged";
-  }
-  return "?";
 }
 
 template <class T>
@@ -75,38 +68,20 @@ index_t partner_of(lagkv::rope_style style, index_t rotary_dim, index_t c) {
 /// rotate freshly.
 template <class T>
 struct rotated_cache {
-  std::vector<T> k_mem, v_mem;
-  std::vector<std::int32_t> table;
+  lagkv_test::engine_memory<T> mem;  // blocks of 5 when paged
   std::unique_ptr<lagkv::kv_cache<T>> cache;
   std::vector<T> raw_k, v;  // [H, kTokens, D] per layer (the same input for every layer)
 
-  rotated_cache(layout_id id, const lagkv::rope_params& rope, std::uint32_t seed,
-                const lagkv::any_policy& policy = lagkv::lagkv_policy(small_lagkv())) {
+  rotated_cache(cache_layout id, const lagkv::rope_params& rope, std::uint32_t seed,
+                const lagkv::any_policy& policy = lagkv::lagkv_policy(small_lagkv()))
+      : mem(id, kLayers, kHeads, kCapacity, kDim, 5) {
     lagkv::cache_config cfg;
     cfg.layers = kLayers;
     cfg.kv_heads = kHeads;
     cfg.head_dim = kDim;
     cfg.capacity = kCapacity;
-    if (id == layout_id::owned) {
-      cache = std::make_unique<lagkv::kv_cache<T>>(cfg, policy);
-    } else {
-      lagkv::kv_layout l = id == layout_id::shd ? lagkv::kv_layout::shd() : lagkv::kv_layout::hds();
-      index_t per_layer = kHeads * kCapacity * kDim;
-      if (id == layout_id::paged) {
-        const index_t bs = 5, blocks = (kCapacity + bs - 1) / bs, pool = blocks + 2;
-        std::vector<std::int32_t> ids(static_cast<std::size_t>(pool));
-        std::iota(ids.begin(), ids.end(), 0);
-        std::shuffle(ids.begin(), ids.end(), std::mt19937(seed));
-        table.assign(ids.begin(), ids.begin() + blocks);
-        per_layer = pool * bs * kHeads * kDim;
-        l = lagkv::kv_layout::paged(table.data(), bs);
-      }
-      k_mem.assign(static_cast<std::size_t>(kLayers * per_layer), T{});
-      v_mem.assign(k_mem.size(), T{});
-      std::vector<lagkv::layer_memory<T>> mem;
-      for (index_t i = 0; i < kLayers; ++i) mem.push_back({k_mem.data() + i * per_layer, v_mem.data() + i * per_layer, l, l});
-      cache = std::make_unique<lagkv::kv_cache<T>>(cfg, mem, policy);
-    }
+    cache = id == cache_layout::owned ? std::make_unique<lagkv::kv_cache<T>>(cfg, policy)
+                                      : std::make_unique<lagkv::kv_cache<T>>(cfg, mem.layers, policy);
     std::mt19937 gen(seed);
     std::normal_distribution<float> dist(0.0f, 1.0f);
     raw_k.resize(static_cast<std::size_t>(kHeads * kTokens * kDim));
@@ -165,7 +140,7 @@ struct shift_case {
   lagkv::dtype type;
   lagkv::rope_style style;
   index_t rotary_dim;  // 0: head_dim
-  layout_id layout;
+  cache_layout layout;
   index_t start;
   bool shared = false;  // StreamingLLM: every head holds the same positions
 };
@@ -186,11 +161,11 @@ std::vector<shift_case> shift_cases() {
   std::vector<shift_case> out;
   for (lagkv::dtype t : {lagkv::dtype::f32, lagkv::dtype::f16, lagkv::dtype::bf16})
     for (lagkv::rope_style s : {lagkv::rope_style::neox, lagkv::rope_style::interleaved})
-      for (index_t rot : {index_t{0}, index_t{24}}) out.push_back({t, s, rot, layout_id::owned, 5});
-  for (layout_id l : {layout_id::shd, layout_id::hds, layout_id::paged})
+      for (index_t rot : {index_t{0}, index_t{24}}) out.push_back({t, s, rot, cache_layout::owned, 5});
+  for (cache_layout l : {cache_layout::shd, cache_layout::hds, cache_layout::paged})
     out.push_back({lagkv::dtype::f16, lagkv::rope_style::neox, 0, l, 0});
-  out.push_back({lagkv::dtype::f16, lagkv::rope_style::neox, 0, layout_id::owned, 0, true});
-  out.push_back({lagkv::dtype::bf16, lagkv::rope_style::interleaved, 24, layout_id::paged, 3, true});
+  out.push_back({lagkv::dtype::f16, lagkv::rope_style::neox, 0, cache_layout::owned, 0, true});
+  out.push_back({lagkv::dtype::bf16, lagkv::rope_style::interleaved, 24, cache_layout::paged, 3, true});
   return out;
 }
 
@@ -291,11 +266,11 @@ lagkv::rope_params llama_rope() {
 
 TEST(CacheRerotate, EveryKernelGivesTheScalarKernelsBits) {
   const auto rope = llama_rope();
-  rotated_cache<f16> want(layout_id::owned, rope, 7);
+  rotated_cache<f16> want(cache_layout::owned, rope, 7);
   want.cache->rerotate_to_contiguous(0, rope, 0, lagkv::rope_isa::scalar);
   for (lagkv::rope_isa isa : {lagkv::rope_isa::automatic, lagkv::rope_isa::avx2, lagkv::rope_isa::avx512}) {
     if (!lagkv::rope_isa_available(isa)) continue;
-    rotated_cache<f16> got(layout_id::owned, rope, 7);
+    rotated_cache<f16> got(cache_layout::owned, rope, 7);
     got.cache->rerotate_to_contiguous(0, rope, 0, isa);
     for (index_t h = 0; h < kHeads; ++h)
       EXPECT_EQ(dump<f16>(got.cache->keys(0, h)), dump<f16>(want.cache->keys(0, h))) << lagkv::rope_isa_name(isa);
@@ -304,7 +279,7 @@ TEST(CacheRerotate, EveryKernelGivesTheScalarKernelsBits) {
 
 TEST(CacheRenumber, RenumbersWithoutTouchingKeysAndNewTokensContinue) {
   const auto rope = llama_rope();
-  rotated_cache<float> rc(layout_id::owned, rope, 9);
+  rotated_cache<float> rc(cache_layout::owned, rope, 9);
   auto& cache = *rc.cache;
   const snapshot<float> before(cache);
   cache.renumber_positions(0, 2);
@@ -335,7 +310,7 @@ TEST(CacheRenumber, RenumbersWithoutTouchingKeysAndNewTokensContinue) {
 
 TEST(CacheRerotate, InvalidCallsThrowNamingTheParameterAndChangeNothing) {
   const auto rope = llama_rope();
-  rotated_cache<f16> rc(layout_id::owned, rope, 11);
+  rotated_cache<f16> rc(cache_layout::owned, rope, 11);
   auto& cache = *rc.cache;
   const snapshot<f16> before(cache);
   auto expect_error = [&](auto&& call, const std::string& needle) {

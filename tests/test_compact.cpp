@@ -11,20 +11,12 @@
 #include <tuple>
 #include <vector>
 
+#include "support/layouts.hpp"
+
 namespace {
 
 using lagkv::index_t;
-
-enum class layout { hsd, shd, hds, paged };
-const char* layout_name(layout l) {
-  switch (l) {
-    case layout::hsd: return "hsd";
-    case layout::shd: return "shd";
-    case layout::hds: return "hds";
-    case layout::paged: return "paged";
-  }
-  return "?";
-}
+using lagkv_test::view_layout;
 
 enum class pattern { all, none, every_other, random_half, tail_only };
 const char* pattern_name(pattern p) {
@@ -42,40 +34,16 @@ constexpr index_t kHeads = 3, kHead = 1, kTokens = 97, kBlock = 7;
 
 /// Memory for kHeads heads of kTokens x d f16 values in layout `l`, each element unique, and the
 /// view of head kHead.
-struct cache_fixture {
-  std::vector<lagkv::f16> mem;
-  std::vector<std::int32_t> table;
-  lagkv::kv_view<lagkv::f16> view;
-
-  cache_fixture(layout l, index_t d) {
-    switch (l) {
-      case layout::hsd:
-        mem.resize(static_cast<std::size_t>(kHeads * kTokens * d));
-        fill();
-        view = lagkv::view_hsd(mem.data(), kHeads, kTokens, d, kHead);
-        break;
-      case layout::shd:
-        mem.resize(static_cast<std::size_t>(kTokens * kHeads * d));
-        fill();
-        view = lagkv::view_shd(mem.data(), kTokens, kHeads, d, kHead, kTokens);
-        break;
-      case layout::hds:
-        mem.resize(static_cast<std::size_t>(kHeads * d * kTokens));
-        fill();
-        view = lagkv::view_hds(mem.data(), kHeads, d, kTokens, kHead, kTokens);
-        break;
-      case layout::paged: {
-        const index_t blocks = (kTokens + kBlock - 1) / kBlock, pool = blocks + 3;
-        mem.resize(static_cast<std::size_t>(pool * kBlock * kHeads * d));
-        fill();
-        for (index_t b = 0; b < blocks; ++b) table.push_back(static_cast<std::int32_t>((b * 5 + 2) % pool));
-        view = lagkv::view_paged(mem.data(), table.data(), kBlock, kHeads, d, kHead, kTokens);
-        break;
-      }
-    }
-  }
-  void fill() {
-    for (std::size_t i = 0; i < mem.size(); ++i) mem[i].bits = static_cast<std::uint16_t>(i * 40503u + 7u);
+struct cache_fixture : lagkv_test::head_memory<lagkv::f16> {
+  cache_fixture(view_layout l, index_t d) : head_memory(l, shape(d), [](std::size_t i) {
+    lagkv::f16 x;
+    x.bits = static_cast<std::uint16_t>(i * 40503u + 7u);
+    return x;
+  }) {}
+  static lagkv_test::head_shape shape(index_t d) {
+    lagkv_test::head_shape s;
+    s.heads = kHeads, s.head = kHead, s.capacity = kTokens, s.tokens = kTokens, s.head_dim = d, s.block_size = kBlock;
+    return s;
   }
   /// Row t of the view, copied out.
   std::vector<std::uint16_t> row(index_t t) const {
@@ -102,7 +70,7 @@ std::vector<index_t> make_kept(pattern p, index_t dst, unsigned seed) {
   return kept;
 }
 
-using compact_param = std::tuple<layout, index_t, pattern, index_t>;  // layout, head_dim, kept pattern, dst
+using compact_param = std::tuple<view_layout, index_t, pattern, index_t>;  // layout, head_dim, kept pattern, dst
 class Compact : public ::testing::TestWithParam<compact_param> {};
 
 TEST_P(Compact, MovesExactlyTheKeptRowsAndNothingElse) {
@@ -129,17 +97,18 @@ TEST_P(Compact, MovesExactlyTheKeptRowsAndNothingElse) {
 
 INSTANTIATE_TEST_SUITE_P(
     AllLayouts, Compact,
-    ::testing::Combine(::testing::Values(layout::hsd, layout::shd, layout::hds, layout::paged),
+    ::testing::Combine(::testing::Values(view_layout::hsd, view_layout::shd, view_layout::hds, view_layout::paged),
                        ::testing::Values(1, 5, 64, 128),
                        ::testing::Values(pattern::all, pattern::none, pattern::every_other, pattern::random_half,
                                          pattern::tail_only),
                        ::testing::Values(0, 3)),
     [](const ::testing::TestParamInfo<compact_param>& info) {
-      return std::string(layout_name(std::get<0>(info.param))) + "_D" + std::to_string(std::get<1>(info.param)) +
-             "_" + pattern_name(std::get<2>(info.param)) + "_dst" + std::to_string(std::get<3>(info.param));
+      return std::string(lagkv_test::layout_name(std::get<0>(info.param))) + "_D" +
+             std::to_string(std::get<1>(info.param)) + "_" + pattern_name(std::get<2>(info.param)) + "_dst" +
+             std::to_string(std::get<3>(info.param));
     });
 
-class CompactChecks : public ::testing::TestWithParam<layout> {};
+class CompactChecks : public ::testing::TestWithParam<view_layout> {};
 
 TEST_P(CompactChecks, RejectsBadKeptListsNamingTheIndexAndMovesNothing) {
   cache_fixture f(GetParam(), 16);
@@ -173,7 +142,9 @@ TEST_P(CompactChecks, MoveRowsDownMovesTheTail) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllLayouts, CompactChecks,
-                         ::testing::Values(layout::hsd, layout::shd, layout::hds, layout::paged),
-                         [](const ::testing::TestParamInfo<layout>& info) { return layout_name(info.param); });
+                         ::testing::Values(view_layout::hsd, view_layout::shd, view_layout::hds, view_layout::paged),
+                         [](const ::testing::TestParamInfo<view_layout>& info) {
+                           return lagkv_test::layout_name(info.param);
+                         });
 
 }  // namespace

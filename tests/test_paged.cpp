@@ -527,15 +527,26 @@ std::vector<index_t> kept_by(head_aggregation agg, bool nan_in_token0) {
   return layer.positions();
 }
 
-TEST(PagedAggregation, SumAndMaxKeepDifferentTokens) {
-  EXPECT_EQ(kept_by(head_aggregation::sum, false), (std::vector<index_t>{0, 1}));
-  EXPECT_EQ(kept_by(head_aggregation::max, false), (std::vector<index_t>{0, 3}));
+struct aggregation_case {
+  const char* name;
+  head_aggregation agg;
+  bool nan_in_token0;
+  std::vector<index_t> kept;
+};
+
+class PagedAggregation : public ::testing::TestWithParam<aggregation_case> {};
+
+TEST_P(PagedAggregation, KeepsTheTokensOfItsRule) {
+  EXPECT_EQ(kept_by(GetParam().agg, GetParam().nan_in_token0), GetParam().kept);
 }
 
-TEST(PagedAggregation, ANanInAnyHeadEvictsTheTokenUnderBothRules) {
-  EXPECT_EQ(kept_by(head_aggregation::sum, true), (std::vector<index_t>{1, 2}));
-  EXPECT_EQ(kept_by(head_aggregation::max, true), (std::vector<index_t>{1, 3}));
-}
+// Sum and max keep different tokens; a NaN in any head evicts the token under both rules.
+INSTANTIATE_TEST_SUITE_P(SumAndMax, PagedAggregation,
+                         ::testing::Values(aggregation_case{"sum", head_aggregation::sum, false, {0, 1}},
+                                           aggregation_case{"max", head_aggregation::max, false, {0, 3}},
+                                           aggregation_case{"sum_nan", head_aggregation::sum, true, {1, 2}},
+                                           aggregation_case{"max_nan", head_aggregation::max, true, {1, 3}}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 // ---- A table shared by the layers of a sequence (vLLM) ------------------------------------------------
 

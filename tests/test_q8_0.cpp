@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 #include <lagkv/q8_0.hpp>
 #include <lagkv/simd/q8_0_dispatch.hpp>
+#include "support/targets.hpp"
 
 #include <algorithm>
 #include <cfloat>
@@ -44,24 +45,7 @@ using lagkv::simd::target;
 
 constexpr double kEps = std::numeric_limits<float>::epsilon();
 
-std::vector<target> compiled_targets() {
-  std::vector<target> t{target::scalar};
-#if defined(LAGKV_SIMD_HAVE_AVX2)
-  t.push_back(target::avx2);
-#endif
-#if defined(LAGKV_SIMD_HAVE_AVX512)
-  t.push_back(target::avx512);
-#endif
-#if defined(LAGKV_SIMD_HAVE_NEON)
-  t.push_back(target::neon);
-#endif
-  return t;
-}
-
-#define LAGKV_REQUIRE_TARGET(t)                                                                            \
-  do {                                                                                                     \
-    if (!lagkv::simd::is_available(t)) GTEST_SKIP() << lagkv::simd::target_name(t) << " not on this CPU"; \
-  } while (false)
+using lagkv_test::compiled_targets;
 
 // ---- The plain reference: ggml's quantize_row_q8_0_ref / dequantize_row_q8_0 -------------------
 

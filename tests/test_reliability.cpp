@@ -34,8 +34,10 @@
 #include <vector>
 
 #include "support/cache_fuzz.hpp"
+#include "support/cache_layouts.hpp"
 #include "support/plain_cache.hpp"
 #include "support/simd_fuzz.hpp"
+#include "support/targets.hpp"
 
 // ---- Allocation failure injection ---------------------------------------------------------------
 // The whole binary allocates through these. Disarmed they are malloc/free; armed they throw
@@ -86,6 +88,8 @@ void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); 
 namespace {
 
 using lagkv::index_t;
+using lagkv_test::cache_layout;
+using lagkv_test::layout_name;
 
 /// Arms the injection for one scope (the test's own assertions run disarmed).
 struct failing_allocations {
@@ -539,18 +543,6 @@ TEST(ContractDocument, EveryCaseHasAUniqueIdAndAMessageNamingAValue) {
 
 // ---- Resource bounds: engine memory with guard regions -------------------------------------------
 
-enum class guard_layout { hsd, shd, hds, llama, paged };
-const char* guard_layout_name(guard_layout l) {
-  switch (l) {
-    case guard_layout::hsd: return "hsd";
-    case guard_layout::shd: return "shd";
-    case guard_layout::hds: return "hds";
-    case guard_layout::llama: return "shdK_hdsV";
-    case guard_layout::paged: return "paged";
-  }
-  return "?";
-}
-
 constexpr std::uint8_t kFill = 0xcb;
 constexpr index_t kGL = 3, kGH = 3, kGD = 6, kGC = 96, kGuard = 48, kGS = 90;
 
@@ -564,15 +556,15 @@ struct guarded_memory {
   std::vector<index_t> elems[2];
   std::vector<lagkv::layer_memory<T>> layers;
 
-  explicit guarded_memory(guard_layout gl) {
+  explicit guarded_memory(cache_layout gl) {
     std::mt19937 rng(11);
     for (int t = 0; t < 2; ++t) {
       index_t at = kGuard;
       for (index_t l = 0; l < kGL; ++l) {
         lagkv_fuzz::layout_desc d;
-        d.kind = gl == guard_layout::paged ? lagkv_fuzz::mem_layout::paged
-               : gl == guard_layout::shd || (gl == guard_layout::llama && t == 0) ? lagkv_fuzz::mem_layout::shd
-               : gl == guard_layout::hsd ? lagkv_fuzz::mem_layout::hsd : lagkv_fuzz::mem_layout::hds;
+        d.kind = gl == cache_layout::paged ? lagkv_fuzz::mem_layout::paged
+               : gl == cache_layout::shd || (gl == cache_layout::llama && t == 0) ? lagkv_fuzz::mem_layout::shd
+               : gl == cache_layout::hsd ? lagkv_fuzz::mem_layout::hsd : lagkv_fuzz::mem_layout::hds;
         if (d.kind == lagkv_fuzz::mem_layout::paged) {
           d.block_size = 4 + l;
           const index_t blocks = (kGC + d.block_size - 1) / d.block_size;
@@ -620,11 +612,11 @@ struct guarded_memory {
   }
 };
 
-using guard_param = std::tuple<guard_layout, lagkv::dtype>;
+using guard_param = std::tuple<cache_layout, lagkv::dtype>;
 class GuardRegions : public ::testing::TestWithParam<guard_param> {};
 
 template <class T>
-void run_guarded(guard_layout gl) {
+void run_guarded(cache_layout gl) {
   guarded_memory<T> mem(gl);
   lagkv::cache_config cfg;
   cfg.layers = kGL;
@@ -713,16 +705,16 @@ void run_guarded(guard_layout gl) {
 }
 
 TEST_P(GuardRegions, CacheNeverWritesOutsideItsViews) {
-  const guard_layout gl = std::get<0>(GetParam());
+  const cache_layout gl = std::get<0>(GetParam());
   lagkv::visit_dtype(std::get<1>(GetParam()), [&](auto tag) { run_guarded<decltype(tag)>(gl); });
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryLayout, GuardRegions,
-                         ::testing::Combine(::testing::Values(guard_layout::hsd, guard_layout::shd, guard_layout::hds,
-                                                              guard_layout::llama, guard_layout::paged),
+                         ::testing::Combine(::testing::Values(cache_layout::hsd, cache_layout::shd, cache_layout::hds,
+                                                              cache_layout::llama, cache_layout::paged),
                                             ::testing::Values(lagkv::dtype::f32, lagkv::dtype::f16, lagkv::dtype::bf16)),
                          [](const ::testing::TestParamInfo<guard_param>& info) {
-                           return std::string(guard_layout_name(std::get<0>(info.param))) + "_" +
+                           return std::string(layout_name(std::get<0>(info.param))) + "_" +
                                   lagkv::dtype_name(std::get<1>(info.param));
                          });
 
@@ -895,20 +887,10 @@ TEST(AllocationFailure, WarmCompressionOnTheExactFallbackPathDoesNotAllocate) {
 // of llama.cpp makes the scorers copy rows; paged memory walks a block table), with data that
 // sends LagKV's scorer to its exact fallback in both tensors: a K channel whose reference range
 // is a denormal (1/range overflows float) and a V token 1e30 away (stds far above 2^12).
-enum class fresh_layout { owned, llama, paged };
-using fresh_param = std::tuple<std::string, fresh_layout>;  // policy name, memory
-
-const char* fresh_layout_name(fresh_layout l) {
-  switch (l) {
-    case fresh_layout::owned: return "owned";
-    case fresh_layout::llama: return "llama";
-    case fresh_layout::paged: return "paged";
-  }
-  return "?";
-}
+using fresh_param = std::tuple<std::string, cache_layout>;  // policy name, memory
 
 // Runs in the death test's child: exits 0 when the fresh thread's compressing append succeeded.
-[[noreturn]] void compress_on_a_fresh_thread(const std::string& policy, fresh_layout layout) {
+[[noreturn]] void compress_on_a_fresh_thread(const std::string& policy, cache_layout layout) {
   constexpr index_t H = 2, D = 8, C = 32, B = 4;
   lagkv::cache_config cfg;
   cfg.kv_heads = H, cfg.head_dim = D, cfg.capacity = C;
@@ -919,19 +901,10 @@ const char* fresh_layout_name(fresh_layout l) {
   for (index_t h = 0; h < H; ++h)
     for (index_t t = 0; t < C; ++t) k[static_cast<std::size_t>((h * C + t) * D)] = t % 2 ? 2e-39f : 1e-39f;
   v[static_cast<std::size_t>(3 * D + 5)] = 1e30f;  // head 0, token 3 (scored chunk 0), channel 5
-  std::vector<float> km(static_cast<std::size_t>(H * C * D)), vm(km.size());
-  std::vector<std::int32_t> table(C / B);
-  for (index_t b = 0; b < C / B; ++b) table[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(C / B - 1 - b);
-  std::vector<lagkv::layer_memory<float>> mem(1);
-  mem[0].k = km.data(), mem[0].v = vm.data();
-  if (layout == fresh_layout::llama) {
-    mem[0].k_layout = lagkv::kv_layout::shd();
-    mem[0].v_layout = lagkv::kv_layout::hds();
-  }
-  if (layout == fresh_layout::paged) mem[0].k_layout = mem[0].v_layout = lagkv::kv_layout::paged(table.data(), B);
-  lagkv::kv_cache<float> cache = layout == fresh_layout::owned
+  const lagkv_test::engine_memory<float> mem(layout, 1, H, C, D, B);
+  lagkv::kv_cache<float> cache = layout == cache_layout::owned
                                      ? lagkv::kv_cache<float>(cfg, lagkv::make_policy(policy, spec))
-                                     : lagkv::kv_cache<float>(cfg, mem, lagkv::make_policy(policy, spec));
+                                     : lagkv::kv_cache<float>(cfg, mem.layers, lagkv::make_policy(policy, spec));
   auto in = [&](const std::vector<float>& x, index_t first, index_t n) {
     return lagkv::kv_input<float>{x.data() + first * D, n, lagkv::kv_layout::hsd(), C};
   };
@@ -957,9 +930,9 @@ TEST_P(FreshThreadCompression, DoesNotAllocate) {
 INSTANTIATE_TEST_SUITE_P(
     EveryPolicyAndLayout, FreshThreadCompression,
     ::testing::Combine(::testing::Values("lagkv", "l2norm-chunked", "l2norm"),
-                       ::testing::Values(fresh_layout::owned, fresh_layout::llama, fresh_layout::paged)),
+                       ::testing::Values(cache_layout::owned, cache_layout::llama, cache_layout::paged)),
     [](const ::testing::TestParamInfo<fresh_param>& info) {
-      std::string n = std::get<0>(info.param) + "_" + fresh_layout_name(std::get<1>(info.param));
+      std::string n = std::get<0>(info.param) + "_" + layout_name(std::get<1>(info.param));
       std::replace(n.begin(), n.end(), '-', '_');
       return n;
     });
@@ -1001,11 +974,7 @@ TEST(AllocationFailure, PagedLayerCompressionOnAFreshThreadDoesNotAllocate) {
 // allocation-free on every target, exact fallbacks included; the results equal those computed
 // with the per-thread scratch. (Checked with every allocation failing: one would throw.)
 
-std::vector<std::string> target_names() {
-  std::vector<std::string> names;
-  for (auto t : lagkv::simd::available_targets()) names.push_back(lagkv::simd::target_name(t));
-  return names;
-}
+using lagkv_test::target_names;
 
 using scratch_param = std::tuple<std::string, lagkv::dtype, bool>;  // target, dtype, strided rows
 class ReservedScratch : public ::testing::TestWithParam<scratch_param> {};
@@ -1068,9 +1037,7 @@ void check_reserved_scratch(bool strided) {
 }
 
 TEST_P(ReservedScratch, ScoringAllocatesNothingAndEqualsThePerThreadScratch) {
-  lagkv::simd::target t{};
-  ASSERT_TRUE(lagkv::simd::parse_target(std::get<0>(GetParam()).c_str(), &t));
-  lagkv::simd::scoped_target use(t);
+  lagkv::simd::scoped_target use(lagkv_test::target_named(std::get<0>(GetParam())));
   const bool strided = std::get<2>(GetParam());
   lagkv::visit_dtype(std::get<1>(GetParam()), [&](auto tag) { check_reserved_scratch<decltype(tag)>(strided); });
 }
@@ -1087,9 +1054,7 @@ INSTANTIATE_TEST_SUITE_P(EveryTargetDtypeAndLayout, ReservedScratch,
 class ReservedQ8Scratch : public ::testing::TestWithParam<std::string> {};  // a target name
 
 TEST_P(ReservedQ8Scratch, ScoringAllocatesNothingExactPathIncluded) {
-  lagkv::simd::target t{};
-  ASSERT_TRUE(lagkv::simd::parse_target(GetParam().c_str(), &t));
-  lagkv::simd::scoped_target use(t);
+  lagkv::simd::scoped_target use(lagkv_test::target_named(GetParam()));
   constexpr index_t D = 64, lag = 8, chunks = 3, n = (chunks + 1) * lag, nb = D / 32;
   const std::vector<float> x = lagkv_test::random_kv(31, 1, n, D), y = lagkv_test::random_kv(32, 1, n, D);
   std::vector<lagkv::block_q8_0> kq(static_cast<std::size_t>(n * nb)), vq(kq.size());
@@ -1185,14 +1150,13 @@ TEST_P(SimdFinding, FarRowsWithSmallSpreadStayWithinTheToleranceUpTo1e4) {
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(got[i], want[i], tol * want[i]) << "token " << i;
 }
 
-// OPEN (docs/reliability.md, "Findings"): at Y ~ 1e8 the float error of the stds is O(1) and
-// more: here three equal tokens and a fourth 10 ranges off in one channel (D = 4, every channel
-// ~1e8 ranges from the reference) score 0.26 / 0.26 / 0.26 / 0.22 in the oracle and
-// 0.064 / 0.064 / 0.064 / 0.81 on every float target, and a top-1 keeps token 3 instead of 0.
-// Not routed to the oracle: telling such rows apart needs each row's mean (or max |y|), which
-// the kernels do not report, and a min/max pass over the chunk measured +30 % on a one-chunk
-// (decode-time) compression.
-TEST_P(SimdFinding, DISABLED_FarRowsWithSmallSpreadScoreAsTheOracle) {
+// Was open (docs/reliability.md, "Findings" 3): at Y ~ 1e8 the float error of the stds is O(1)
+// and more: here three equal tokens and a fourth 10 ranges off in one channel (D = 4, every
+// channel ~1e8 ranges from the reference) score 0.26 / 0.26 / 0.26 / 0.22 in the oracle and
+// scored 0.064 / 0.064 / 0.064 / 0.81 on every float target, a top-1 keeping token 3 instead of 0.
+// Fixed: the kernels' two-pass path reports +Inf for rows with |mean(y)| > kFloatMaxMean and
+// finish_chunk sends their chunk to the oracle.
+TEST_P(SimdFinding, FarRowsWithSmallSpreadScoreAsTheOracle) {
   lagkv::simd::target t{};
   ASSERT_TRUE(lagkv::simd::parse_target(GetParam().c_str(), &t));
   lagkv::simd::scoped_target use(t);
@@ -1206,6 +1170,45 @@ TEST_P(SimdFinding, DISABLED_FarRowsWithSmallSpreadScoreAsTheOracle) {
   lagkv::dispatch::lagkv_chunk_scores<float>(c, r, {}, {}, 0.0, got);
   for (int i = 0; i < 4; ++i) EXPECT_NEAR(got[i], want[i], 1e-3) << "token " << i;
   EXPECT_EQ(lagkv::select_top_k(got, 4, 1), lagkv::select_top_k(want, 4, 1));
+}
+
+// The far-row routing over the whole range of offsets, in the single-chunk and the sequence
+// entry points, fp32 and fp16 (fp16 reaches 1e7 ranges with a reference range of 1e-3).
+TEST_P(SimdFinding, FarRowsAtEveryOffsetScoreAsTheOracleInBothEntryPoints) {
+  lagkv::simd::target t{};
+  ASSERT_TRUE(lagkv::simd::parse_target(GetParam().c_str(), &t));
+  lagkv::simd::scoped_target use(t);
+  for (const double y : {1e4, 1e5, 1e6, 1e7, 1e8, -1e8}) {  // all beyond kFloatMaxMean = 4096
+    std::vector<float> ref;
+    const std::vector<float> chunk = far_rows(y, ref);
+    // Sequence layout: chunk (4 tokens) then its reference padded to lag = 4 tokens.
+    std::vector<float> seq(chunk);
+    seq.insert(seq.end(), ref.begin(), ref.end());
+    seq.insert(seq.end(), ref.begin(), ref.end());
+    const lagkv::kv_view<const float> c(chunk.data(), 4, 8, 8), r(seq.data() + 32, 4, 8, 8);
+    float want[4], got[4], got_seq[4];
+    lagkv::reference::lagkv_chunk_scores<float>(c, r, {}, {}, 0.0, want);
+    lagkv::dispatch::lagkv_chunk_scores<float>(c, r, {}, {}, 0.0, got);
+    lagkv::dispatch::lagkv_sequence_scores<float>(lagkv::kv_view<const float>(seq.data(), 8, 8, 8), {}, 4, 1, 0.0,
+                                                  got_seq);
+    for (int i = 0; i < 4; ++i) {
+      EXPECT_NEAR(got[i], want[i], 1e-6) << "Y=" << y << " token " << i;
+      EXPECT_NEAR(got_seq[i], want[i], 1e-6) << "Y=" << y << " token " << i << " (sequence)";
+    }
+  }
+  // fp16: reference range 2^-10 in every channel, tokens around 2^13 = 2^23 ranges away.
+  std::vector<lagkv::f16> ref16, chunk16;
+  for (int c = 0; c < 8; ++c) {
+    ref16.push_back(lagkv::to_f16(0.0f));
+  }
+  for (int c = 0; c < 8; ++c) ref16.push_back(lagkv::to_f16(0x1p-10f));
+  for (int t2 = 0; t2 < 4; ++t2)
+    for (int c = 0; c < 8; ++c) chunk16.push_back(lagkv::to_f16(8192.0f + 8.0f * static_cast<float>((t2 * 5 + c * 3) % 7)));
+  const lagkv::kv_view<const lagkv::f16> c16(chunk16.data(), 4, 8, 8), r16(ref16.data(), 2, 8, 8);
+  float want16[4], got16[4];
+  lagkv::reference::lagkv_chunk_scores<lagkv::f16>(c16, r16, {}, {}, 0.0, want16);
+  lagkv::dispatch::lagkv_chunk_scores<lagkv::f16>(c16, r16, {}, {}, 0.0, got16);
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(got16[i], want16[i], 1e-6) << "fp16 token " << i;
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryTarget, SimdFinding, ::testing::ValuesIn(target_names()),

@@ -32,6 +32,9 @@
 #include <tuple>
 #include <vector>
 
+#include "support/layouts.hpp"
+#include "support/targets.hpp"
+
 namespace {
 
 using lagkv::bf16;
@@ -40,27 +43,10 @@ using lagkv::f16;
 using lagkv::index_t;
 using lagkv::kv_view;
 using lagkv::simd::target;
+using lagkv_test::compiled_targets;
+using lagkv_test::view_layout;
 
 // ---- Parameters ---------------------------------------------------------------------------------
-
-std::vector<target> compiled_targets() {
-  std::vector<target> t{target::scalar};
-#if defined(LAGKV_SIMD_HAVE_AVX2)
-  t.push_back(target::avx2);
-#endif
-#if defined(LAGKV_SIMD_HAVE_AVX512)
-  t.push_back(target::avx512);
-#endif
-#if defined(LAGKV_SIMD_HAVE_NEON)
-  t.push_back(target::neon);
-#endif
-  return t;
-}
-
-#define LAGKV_REQUIRE_TARGET(t)                                                                  \
-  do {                                                                                           \
-    if (!lagkv::simd::is_available(t)) GTEST_SKIP() << lagkv::simd::target_name(t) << " not on this CPU"; \
-  } while (false)
 
 enum class kind { random, constant_channels, huge, tiny, nan_inf, denormal };
 const char* kind_name(kind k) {
@@ -378,67 +364,25 @@ INSTANTIATE_TEST_SUITE_P(AllTargets, SimdSemantics,
 
 // ---- Layouts: every adapter, unaligned, strided, transposed, paged -----------------------------
 
-enum class layout { unaligned, token_major, transposed, paged, paged_unaligned };
-const char* layout_name(layout l) {
-  switch (l) {
-    case layout::unaligned: return "unaligned";
-    case layout::token_major: return "token_major";
-    case layout::transposed: return "transposed";
-    case layout::paged: return "paged";
-    case layout::paged_unaligned: return "paged_unaligned";
-  }
-  return "?";
-}
-
-/// Stores `rows` (tokens x d, row-major) in layout `l` as head 1 of 3 and returns the view.
+/// Stores `rows` (tokens x d, row-major) in layout `l` as head 1 of 3 (capacity tokens + 3; the
+/// other heads and slots hold junk that must not leak in).
 template <class T>
-kv_view<const T> store_in_layout(layout l, const std::vector<T>& rows, index_t tokens, index_t d, std::vector<T>& mem,
-                                 std::vector<std::int32_t>& table) {
-  const index_t heads = 3, head = 1;
-  const T junk = lagkv::from_float<T>(1e4f);  // other heads' data must not leak in
-  switch (l) {
-    case layout::unaligned: {
-      mem.assign(static_cast<std::size_t>(tokens * d + 1), junk);
-      std::copy(rows.begin(), rows.end(), mem.begin() + 1);
-      return kv_view<const T>(mem.data() + 1, tokens, d, d);
-    }
-    case layout::token_major: {
-      mem.assign(static_cast<std::size_t>(tokens * heads * d), junk);
-      for (index_t t = 0; t < tokens; ++t)
-        for (index_t c = 0; c < d; ++c) mem[static_cast<std::size_t>((t * heads + head) * d + c)] = rows[static_cast<std::size_t>(t * d + c)];
-      return lagkv::view_shd<const T>(mem.data(), tokens, heads, d, head, tokens);
-    }
-    case layout::transposed: {
-      const index_t cap = tokens + 3;
-      mem.assign(static_cast<std::size_t>(heads * d * cap), junk);
-      for (index_t t = 0; t < tokens; ++t)
-        for (index_t c = 0; c < d; ++c) mem[static_cast<std::size_t>((head * d + c) * cap + t)] = rows[static_cast<std::size_t>(t * d + c)];
-      return lagkv::view_hds<const T>(mem.data(), heads, d, cap, head, tokens);
-    }
-    case layout::paged:
-    case layout::paged_unaligned: {
-      const index_t bs = 7, blocks = (tokens + bs - 1) / bs, pool_blocks = blocks + 2;
-      const index_t shift = l == layout::paged_unaligned ? 1 : 0;
-      table.resize(static_cast<std::size_t>(blocks));
-      for (index_t b = 0; b < blocks; ++b) table[static_cast<std::size_t>(b)] = static_cast<std::int32_t>((b * 5 + 1) % pool_blocks);
-      mem.assign(static_cast<std::size_t>(pool_blocks * bs * heads * d + shift), junk);
-      T* pool = mem.data() + shift;
-      for (index_t t = 0; t < tokens; ++t)
-        for (index_t c = 0; c < d; ++c)
-          pool[((table[static_cast<std::size_t>(t / bs)] * bs + t % bs) * heads + head) * d + c] = rows[static_cast<std::size_t>(t * d + c)];
-      return lagkv::view_paged<const T>(pool, table.data(), bs, heads, d, head, tokens);
-    }
-  }
-  return {};
+lagkv_test::head_memory<T> store_in_layout(view_layout l, const std::vector<T>& rows, index_t tokens, index_t d) {
+  lagkv_test::head_shape s;
+  s.capacity = tokens + 3, s.tokens = tokens, s.head_dim = d;
+  lagkv_test::head_memory<T> m(l, s, [](std::size_t) { return lagkv::from_float<T>(1e4f); });
+  for (index_t t = 0; t < tokens; ++t)
+    for (index_t c = 0; c < d; ++c) m.view(t, c) = rows[static_cast<std::size_t>(t * d + c)];
+  return m;
 }
 
-using layout_param = std::tuple<target, dtype, layout, index_t>;
+using layout_param = std::tuple<target, dtype, view_layout, index_t>;
 class SimdLayouts : public ::testing::TestWithParam<layout_param> {};
 
 TEST_P(SimdLayouts, SequenceAndL2MatchOracleOnContiguousCopy) {
   const target tg = std::get<0>(GetParam());
   const dtype ty = std::get<1>(GetParam());
-  const layout l = std::get<2>(GetParam());
+  const view_layout l = std::get<2>(GetParam());
   const index_t d = std::get<3>(GetParam());
   LAGKV_REQUIRE_TARGET(tg);
   lagkv::simd::scoped_target use(tg);
@@ -446,10 +390,8 @@ TEST_P(SimdLayouts, SequenceAndL2MatchOracleOnContiguousCopy) {
   with_dtype(ty, [&](auto tag) {
     using T = decltype(tag);
     const std::vector<T> kd = make_data<T>(kind::random, tokens, d, lag, 21u), vd = make_data<T>(kind::random, tokens, d, lag, 22u);
-    std::vector<T> kmem, vmem;
-    std::vector<std::int32_t> ktab, vtab;
-    const kv_view<const T> kv = store_in_layout<T>(l, kd, tokens, d, kmem, ktab);
-    const kv_view<const T> vv = store_in_layout<T>(l, vd, tokens, d, vmem, vtab);
+    const auto kmem = store_in_layout<T>(l, kd, tokens, d), vmem = store_in_layout<T>(l, vd, tokens, d);
+    const kv_view<const T> kv = kmem.view, vv = vmem.view;
     const kv_view<const T> kc(kd.data(), tokens, d, d), vc(vd.data(), tokens, d, d);
     expect_sequence_matches<T>(kv, vv, kc, vc, lag, chunks, 1.0);
     std::vector<float> got(static_cast<std::size_t>(tokens)), want(static_cast<std::size_t>(tokens));
@@ -462,12 +404,13 @@ TEST_P(SimdLayouts, SequenceAndL2MatchOracleOnContiguousCopy) {
 
 INSTANTIATE_TEST_SUITE_P(AllLayouts, SimdLayouts,
                          ::testing::Combine(::testing::ValuesIn(compiled_targets()), ::testing::ValuesIn(kDtypes),
-                                            ::testing::Values(layout::unaligned, layout::token_major, layout::transposed,
-                                                              layout::paged, layout::paged_unaligned),
+                                            ::testing::Values(view_layout::unaligned, view_layout::shd, view_layout::hds,
+                                                              view_layout::paged, view_layout::paged_unaligned),
                                             ::testing::Values(31)),
                          [](const ::testing::TestParamInfo<layout_param>& info) {
                            return param_name(std::get<0>(info.param), std::get<1>(info.param)) + "_" +
-                                  layout_name(std::get<2>(info.param)) + "_D" + std::to_string(std::get<3>(info.param));
+                                  lagkv_test::layout_name(std::get<2>(info.param)) + "_D" +
+                                  std::to_string(std::get<3>(info.param));
                          });
 
 // ---- L2 norm ---------------------------------------------------------------------------------------

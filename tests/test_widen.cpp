@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "lagkv/widen.hpp"
+#include "support/layouts.hpp"
+#include "support/targets.hpp"
 
 namespace {
 
@@ -18,6 +20,9 @@ using lagkv::bf16;
 using lagkv::f16;
 using lagkv::index_t;
 using lagkv::kv_view;
+using lagkv_test::target_named;
+using lagkv_test::target_names;
+using lagkv_test::view_layout;
 
 std::uint32_t bits(float x) {
   std::uint32_t u;
@@ -30,18 +35,6 @@ T from_bits(std::uint16_t b) {
   T x;
   x.bits = b;
   return x;
-}
-
-std::vector<std::string> target_names() {
-  std::vector<std::string> names;
-  for (auto t : lagkv::simd::available_targets()) names.push_back(lagkv::simd::target_name(t));
-  return names;
-}
-
-lagkv::simd::target parse(const std::string& name) {
-  lagkv::simd::target t{};
-  EXPECT_TRUE(lagkv::simd::parse_target(name.c_str(), &t));
-  return t;
 }
 
 // Compares widen() with reference::widen() bit for bit (NaN payloads included).
@@ -59,7 +52,7 @@ void expect_same_as_oracle(const kv_view<const T>& v, index_t ld) {
 class WidenAllPatterns : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(WidenAllPatterns, F16MatchesTheOracleOnEveryPattern) {
-  lagkv::simd::scoped_target use(parse(GetParam()));
+  lagkv::simd::scoped_target use(target_named(GetParam()));
   // 65536 patterns as 512 rows of 128, plus one odd row so the vector tail runs too.
   std::vector<f16> all(65536);
   for (std::uint32_t b = 0; b < 65536; ++b) all[b] = from_bits<f16>(static_cast<std::uint16_t>(b));
@@ -68,7 +61,7 @@ TEST_P(WidenAllPatterns, F16MatchesTheOracleOnEveryPattern) {
 }
 
 TEST_P(WidenAllPatterns, Bf16MatchesTheOracleOnEveryPattern) {
-  lagkv::simd::scoped_target use(parse(GetParam()));
+  lagkv::simd::scoped_target use(target_named(GetParam()));
   std::vector<bf16> all(65536);
   for (std::uint32_t b = 0; b < 65536; ++b) all[b] = from_bits<bf16>(static_cast<std::uint16_t>(b));
   expect_same_as_oracle(kv_view<const bf16>(all.data(), 512, 128, 128), 128);
@@ -79,42 +72,21 @@ INSTANTIATE_TEST_SUITE_P(EveryTarget, WidenAllPatterns, ::testing::ValuesIn(targ
 
 // ---- Every layout, odd head_dims, unaligned rows, padded output ----------------------------------
 
-enum class layout { hsd, shd, hds, paged, unaligned };
-
-const char* layout_name(layout l) {
-  switch (l) {
-    case layout::hsd: return "hsd";
-    case layout::shd: return "shd";
-    case layout::hds: return "hds";
-    case layout::paged: return "paged";
-    case layout::unaligned: return "unaligned";
-  }
-  return "?";
-}
-
-using shape_param = std::tuple<std::string, layout, index_t>;  // target, layout, head_dim
+using shape_param = std::tuple<std::string, view_layout, index_t>;  // target, layout, head_dim
 
 class WidenViews : public ::testing::TestWithParam<shape_param> {
  protected:
   template <class T>
   void run() {
     const auto& [target, lay, d] = GetParam();
-    lagkv::simd::scoped_target use(parse(target));
-    const index_t heads = 3, head = 1, cap = 37, tokens = 29, bs = 8;
+    lagkv::simd::scoped_target use(target_named(target));
     std::mt19937 rng(1234 + static_cast<unsigned>(d));
     std::normal_distribution<float> val(0.0f, 3.0f);
-    const index_t blocks = 5;  // the paged pool: 5 blocks of bs tokens x heads x d
-    std::vector<T> buf(static_cast<std::size_t>(std::max(heads * cap, blocks * bs * heads) * d + 1));
-    for (auto& x : buf) x = lagkv::from_float<T>(val(rng));
-    std::vector<std::int32_t> table = {4, 0, 3, 1, 2};  // out of order on purpose
-    kv_view<const T> v;
-    switch (lay) {
-      case layout::hsd: v = lagkv::view_hsd<const T>(buf.data(), heads, cap, d, head, tokens); break;
-      case layout::shd: v = lagkv::view_shd<const T>(buf.data(), cap, heads, d, head, tokens); break;
-      case layout::hds: v = lagkv::view_hds<const T>(buf.data(), heads, d, cap, head, tokens); break;
-      case layout::paged: v = lagkv::view_paged<const T>(buf.data(), table.data(), bs, heads, d, head, tokens); break;
-      case layout::unaligned: v = kv_view<const T>(buf.data() + 1, tokens, d, d + 1); break;
-    }
+    lagkv_test::head_shape s;  // head 1 of 3, 29 of 37 slots; paged: blocks of 8
+    s.capacity = 37, s.tokens = 29, s.head_dim = d, s.block_size = 8;
+    s.row_pad = 1;             // unaligned rows, padded too
+    const lagkv_test::head_memory<T> m(lay, s, [&](std::size_t) { return lagkv::from_float<T>(val(rng)); });
+    const kv_view<const T> v = m.view;
     expect_same_as_oracle(v, d);
     expect_same_as_oracle(v, d + 3);  // an engine's padded rows
   }
@@ -127,10 +99,12 @@ TEST_P(WidenViews, Bf16) { run<bf16>(); }
 INSTANTIATE_TEST_SUITE_P(
     EveryShape, WidenViews,
     ::testing::Combine(::testing::ValuesIn(target_names()),
-                       ::testing::Values(layout::hsd, layout::shd, layout::hds, layout::paged, layout::unaligned),
+                       ::testing::Values(view_layout::hsd, view_layout::shd, view_layout::hds, view_layout::paged,
+                                         view_layout::unaligned),
                        ::testing::Values<index_t>(1, 7, 8, 9, 33, 64, 80, 96, 128, 256)),
     [](const ::testing::TestParamInfo<shape_param>& i) {
-      return std::get<0>(i.param) + "_" + layout_name(std::get<1>(i.param)) + "_d" + std::to_string(std::get<2>(i.param));
+      return std::get<0>(i.param) + "_" + lagkv_test::layout_name(std::get<1>(i.param)) + "_d" +
+             std::to_string(std::get<2>(i.param));
     });
 
 TEST(Widen, RejectsAShortLeadingDimensionNamingIt) {
