@@ -6,6 +6,10 @@
 //   LagKV/<target>/...          dispatch::lagkv_sequence_scores per head, each target forced
 //   Paired/<target>/...         the stream and LagKV alternating in one loop: counters stream_GBps,
 //                               kernel_GBps, ratio (robust against other jobs on the machine)
+//   InCache/<target>/.../lag128 LagKV on 512 KiB of one head scored over and over (it stays in
+//                               L2): the kernel's compute-bound rate. Next to LagKV/...
+//                               (from DRAM) it tells compute-bound (the two agree) from
+//                               memory-bound (InCache much faster) — bench/RESULTS.md
 //   LagKVOracle/...             reference::lagkv_chunk_scores chunk by chunk (1 head: it is slow)
 //   LagKVEigen/...              the natural Eigen-expression version (1 head)
 //   L2/<target>, L2Stream, L2Eigen, L2Oracle   the same for L2-norm scoring (keys only)
@@ -174,6 +178,28 @@ void bm_paired(benchmark::State& st, lagkv::simd::target tg, index_t d, index_t 
   st.counters["stream_GBps"] = total / stream_s;
   st.counters["kernel_GBps"] = total / kernel_s;
   st.counters["ratio"] = stream_s / kernel_s;
+}
+
+/// The compute-bound rate: 512 KiB of the first head (K + V; at least two chunks), scored again
+/// and again, stays in L2 (1 MiB+ per core on current x86), so no DRAM is involved. Bytes count
+/// the scored chunks only (the last chunk, a reference only, is left out): a slight understatement,
+/// so an InCache rate above the DRAM one means the kernel is not compute-bound from DRAM.
+template <class T>
+void bm_lagkv_in_cache(benchmark::State& st, lagkv::simd::target tg, index_t d, index_t lag) {
+  auto& ds = data_for<T>(d);
+  lagkv::simd::scoped_target use(tg);
+  const index_t row_bytes = 2 * d * static_cast<index_t>(sizeof(T));  // K + V
+  const index_t tokens = std::max<index_t>(2 * lag, (index_t{512} << 10) / row_bytes / lag * lag);
+  const index_t chunks = tokens / lag - 1;
+  const auto k = head_view(ds.k, d, 0).slice(0, tokens), v = head_view(ds.v, d, 0).slice(0, tokens);
+  std::vector<float> out(static_cast<std::size_t>(chunks * lag));
+  for (auto _ : st) {
+    lagkv::dispatch::lagkv_sequence_scores<T>(k, v, lag, chunks, 1.0, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double bytes = static_cast<double>(st.iterations()) * static_cast<double>(chunks * lag * row_bytes);
+  st.SetBytesProcessed(static_cast<std::int64_t>(bytes));
+  st.counters["GBps"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsRate);  // decimal, as Paired's
 }
 
 template <class T>
@@ -401,6 +427,10 @@ void register_dtype() {
       for (lagkv::simd::target tg : lagkv::simd::available_targets())
         benchmark::RegisterBenchmark(("LagKV/" + std::string(lagkv::simd::target_name(tg)) + "/" + shape).c_str(),
                                      [tg, d, lag](benchmark::State& st) { bm_lagkv<T>(st, tg, d, lag); });
+      for (lagkv::simd::target tg : lagkv::simd::available_targets())
+        if (tg != lagkv::simd::target::scalar && lag == 128)  // lag 1024: two chunks no longer fit L2
+          benchmark::RegisterBenchmark(("InCache/" + std::string(lagkv::simd::target_name(tg)) + "/" + shape).c_str(),
+                                       [tg, d, lag](benchmark::State& st) { bm_lagkv_in_cache<T>(st, tg, d, lag); });
       for (lagkv::simd::target tg : lagkv::simd::available_targets())
         if (tg != lagkv::simd::target::scalar)
           benchmark::RegisterBenchmark(("Paired/" + std::string(lagkv::simd::target_name(tg)) + "/" + shape).c_str(),

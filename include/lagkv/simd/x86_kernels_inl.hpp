@@ -298,16 +298,22 @@ unsigned ref_stats(const void* state, index_t head_dim, T* max_out, T* min_out, 
 }
 
 /// kernel_set::fused_rows: scores `ns` rows of the chunk and folds `nm` rows of a later chunk
-/// into the min/max state, 16 of each at a time (scoring blocks, then the min/max rows with their
-/// trackers in registers, loaded and stored once per 16 rows). Interleaving the two inside one
+/// into the min/max state, a batch of each at a time (8 or 16 rows, see `batch`: scoring blocks,
+/// then the min/max rows with their trackers in registers, loaded and stored once per batch). Interleaving the two inside one
 /// loop (min/max slices between the scoring groups, trackers through L1) was measured: no gain
 /// with AVX2, 1.1x slower with AVX-512; both phases compete for the same vector ports.
 template <class T, index_t kD>
 void fused_rows_d(const T* const* srows, index_t ns, const T* const* mrows, index_t nm, index_t nm_prefetch,
                   index_t head_dim, const float* lo, const float* inv, const float* bias, void* mm_state,
                   float* out_std, float* ubuf) {
-  constexpr index_t R = vt::kRows, kBatch = 16;
-  static_assert(kBatch % R == 0, "a batch holds whole scoring blocks");
+  constexpr index_t R = vt::kRows;
+  // Rows per batch (scoring blocks, then as many min/max rows): about 4 KiB of the DRAM stream.
+  // Measured (paired, best of 30-40 rounds, D128 lag128): 512-byte rows (fp32 D128) in batches of
+  // 8 instead of 16: AVX-512 0.64-0.65x -> 0.69-0.71x of the streaming read, AVX2 0.56 -> 0.66x;
+  // 256-byte rows (fp32 D64, fp16/bf16 D128) lose with 8 (AVX2 fp32 D64 0.71 -> 0.57x, fp16
+  // D128 0.53-0.58 -> 0.50x); 128-byte rows gained nothing clear from 32 (noise-level).
+  const index_t batch = head_dim * static_cast<index_t>(sizeof(T)) >= 512 ? 8 : 16;
+  static_assert(8 % R == 0 && 16 % R == 0, "a batch holds whole scoring blocks");
   // Rows of the min/max stream (from DRAM) are prefetched into L2 kAhead rows before they are
   // read, spread over the scoring of the block before them (prefetch_rows): without it the two
   // streams serialise. Measured (fp16 and fp32, D128): 16 rows ahead beat 8, 12, 24 and 32 (the
@@ -319,8 +325,8 @@ void fused_rows_d(const T* const* srows, index_t ns, const T* const* mrows, inde
   const index_t row_bytes = head_dim * static_cast<index_t>(sizeof(T));
   const index_t full_groups = head_dim / group<T>::kChannels;
   const float inv_d = 1.0f / static_cast<float>(head_dim), inv_d1 = 1.0f / static_cast<float>(head_dim - 1);
-  for (index_t i = 0; i < n; i += kBatch) {
-    for (index_t j = i; j < i + kBatch && j < ns; j += R) {
+  for (index_t i = 0; i < n; i += batch) {
+    for (index_t j = i; j < i + batch && j < ns; j += R) {
       prefetch_rows pf;
       const index_t m0 = j + kAhead, m1 = j + kAhead + R < nm_prefetch ? j + kAhead + R : nm_prefetch;
       if (m1 > m0) {
@@ -336,7 +342,7 @@ void fused_rows_d(const T* const* srows, index_t ns, const T* const* mrows, inde
               : score_block<T, false, kD>(srows + j, nr, head_dim, lo, inv, nullptr, inv_d, inv_d1, out_std + j, pf);
       if (!ok) score_rows_two_pass<T>(srows + j, nr, head_dim, lo, inv, inv_d, inv_d1, ubuf, out_std + j);
     }
-    if (i < nm) minmax_rows<T>(mrows + i, nm - i < kBatch ? nm - i : kBatch, head_dim, mm_state);
+    if (i < nm) minmax_rows<T>(mrows + i, nm - i < batch ? nm - i : batch, head_dim, mm_state);
   }
 }
 
