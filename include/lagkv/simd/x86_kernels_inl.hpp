@@ -299,20 +299,22 @@ unsigned ref_stats(const void* state, index_t head_dim, T* max_out, T* min_out, 
 
 /// kernel_set::fused_rows: scores `ns` rows of the chunk and folds `nm` rows of a later chunk
 /// into the min/max state, a batch of each at a time (8 or 16 rows, see `batch`: scoring blocks,
-/// then the min/max rows with their trackers in registers, loaded and stored once per batch). Interleaving the two inside one
-/// loop (min/max slices between the scoring groups, trackers through L1) was measured: no gain
-/// with AVX2, 1.1x slower with AVX-512; both phases compete for the same vector ports.
+/// then the min/max rows with their trackers in registers, loaded and stored once per batch).
+/// Interleaving the two inside one loop (min/max slices between the scoring groups, trackers
+/// through L1) was measured: no gain with AVX2, 1.1x slower with AVX-512; both phases compete
+/// for the same vector ports.
 template <class T, index_t kD>
 void fused_rows_d(const T* const* srows, index_t ns, const T* const* mrows, index_t nm, index_t nm_prefetch,
                   index_t head_dim, const float* lo, const float* inv, const float* bias, void* mm_state,
                   float* out_std, float* ubuf) {
   constexpr index_t R = vt::kRows;
+  const index_t row_bytes = head_dim * static_cast<index_t>(sizeof(T));
   // Rows per batch (scoring blocks, then as many min/max rows): about 4 KiB of the DRAM stream.
   // Measured (paired, best of 30-40 rounds, D128 lag128): 512-byte rows (fp32 D128) in batches of
   // 8 instead of 16: AVX-512 0.64-0.65x -> 0.69-0.71x of the streaming read, AVX2 0.56 -> 0.66x;
   // 256-byte rows (fp32 D64, fp16/bf16 D128) lose with 8 (AVX2 fp32 D64 0.71 -> 0.57x, fp16
   // D128 0.53-0.58 -> 0.50x); 128-byte rows gained nothing clear from 32 (noise-level).
-  const index_t batch = head_dim * static_cast<index_t>(sizeof(T)) >= 512 ? 8 : 16;
+  const index_t batch = row_bytes >= 512 ? 8 : 16;
   static_assert(8 % R == 0 && 16 % R == 0, "a batch holds whole scoring blocks");
   // Rows of the min/max stream (from DRAM) are prefetched into L2 kAhead rows before they are
   // read, spread over the scoring of the block before them (prefetch_rows): without it the two
@@ -322,7 +324,6 @@ void fused_rows_d(const T* const* srows, index_t ns, const T* const* mrows, inde
   // rather than T0/NTA.
   constexpr index_t kAhead = 16;
   const index_t n = ns > nm ? ns : nm;
-  const index_t row_bytes = head_dim * static_cast<index_t>(sizeof(T));
   const index_t full_groups = head_dim / group<T>::kChannels;
   const float inv_d = 1.0f / static_cast<float>(head_dim), inv_d1 = 1.0f / static_cast<float>(head_dim - 1);
   for (index_t i = 0; i < n; i += batch) {
