@@ -31,6 +31,7 @@
 
 #include "lagkv/q8_0.hpp"
 #include "lagkv/simd/q8_0_scalar.hpp"
+#include "lagkv/simd/x86_avx2.hpp"
 
 #if !defined(LAGKV_NO_SIMD) && (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define LAGKV_Q8_0_HAVE_X86 1
@@ -66,27 +67,17 @@ namespace simd {
 namespace q8 {
 namespace avx2 {
 
-/// The vocabulary of q8_0_x86_kernels_inl.hpp: 8 lanes (4 vectors per q8_0 block).
-struct vt {
-  using vf = __m256;
+/// The vocabulary of q8_0_x86_kernels_inl.hpp: 8 lanes (4 vectors per q8_0 block); the
+/// arithmetic is the fp32/fp16/bf16 kernels' (simd/x86_avx2.hpp).
+struct vt : lagkv::simd::avx2::f32x8_ops {
   using vm = __m256;  // all-ones lanes
-  static constexpr index_t kLanes = 8;
   /// Rows per batch: the per-row partial sums of a batch fit a small stack buffer.
   static constexpr index_t kRows = 16;
   /// One q8_0 block at a time: its 8 trackers (min and max of 32 channels) and the row partials
   /// fill AVX2's 16 registers, so the batch stays in L1.
   static constexpr int kGroup = 1;
-  static vf zero() { return _mm256_setzero_ps(); }
-  static vf set1(float x) { return _mm256_set1_ps(x); }
-  static vf load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, vf v) { _mm256_storeu_ps(p, v); }
-  static vf add(vf a, vf b) { return _mm256_add_ps(a, b); }
-  static vf sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
-  static vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
   static vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
   static vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
-  static vf fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-  static vf fnmsub(vf a, vf b, vf c) { return _mm256_fnmsub_ps(a, b, c); }  // -(a*b) - c
   /// Values [8j, 8j+8) of a block as floats (exact).
   static vf values(const block_q8_0& b, int j) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + 8 * j))));
@@ -121,14 +112,10 @@ struct vt {
   static bool any(vm m) { return _mm256_movemask_ps(m) != 0; }
   /// [sum a0, sum a1, sum a2, sum a3].
   static __m128 sum4(vf a0, vf a1, vf a2, vf a3) {
-    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    const vf a[4] = {a0, a1, a2, a3};
+    return lagkv::simd::avx2::sum4(a);
   }
-  static void store_n(float* out, __m128 v, index_t n) {
-    alignas(16) float tmp[4];
-    _mm_store_ps(tmp, v);
-    std::memcpy(out, tmp, static_cast<std::size_t>(n) * sizeof(float));
-  }
+  static void store_n(float* out, __m128 v, index_t n) { lagkv::simd::avx2::store_n(out, v, n); }
 };
 
 // The kernels: score_rows, l2_rows, ref_stats (and their helpers).

@@ -53,12 +53,13 @@ inline void store_n(float* out, __m128 v, index_t n) {
   }
 }
 
-/// Float vectors of the kernels (x86_kernels_inl.hpp): 8 lanes, blocks of 4 rows; masks are
-/// all-ones lanes.
-struct vt {
+/// 8-float arithmetic, the part of the kernel vocabularies that does not depend on the mask
+/// type: AVX2's vt below, AVX-512's vt (256-bit arithmetic, x86_avx512.hpp) and AVX2's q8_0 vt
+/// (q8_0_x86.hpp) derive from it. Defined in this AVX2+FMA region; the AVX-512 region is a
+/// superset, so the compilers inline these there too.
+struct f32x8_ops {
   using vf = __m256;
-  using vm = __m256;
-  static constexpr index_t kLanes = 8, kRows = 4;
+  static constexpr index_t kLanes = 8;
   static vf zero() { return _mm256_setzero_ps(); }
   static vf set1(float x) { return _mm256_set1_ps(x); }
   static vf load(const float* p) { return _mm256_loadu_ps(p); }
@@ -71,6 +72,18 @@ struct vt {
   static vf fmsub(vf a, vf b, vf c) { return _mm256_fmsub_ps(a, b, c); }
   static vf fnmsub(vf a, vf b, vf c) { return _mm256_fnmsub_ps(a, b, c); }  // -(a*b) - c
   static vf abs(vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static float hsum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+};
+
+/// Float vectors of the kernels (x86_kernels_inl.hpp): 8 lanes, blocks of 4 rows; masks are
+/// all-ones lanes.
+struct vt : f32x8_ops {
+  using vm = __m256;
+  static constexpr index_t kRows = 4;
   static vm first_n(index_t n) { return _mm256_castsi256_ps(lane_mask(n)); }
   static vf maskz(vm m, vf v) { return _mm256_and_ps(m, v); }
   static vf keep_first(vf v, index_t n) { return _mm256_and_ps(first_n(n), v); }
@@ -81,11 +94,6 @@ struct vt {
   static vm mand(vm a, vm b) { return _mm256_and_ps(a, b); }
   static vm mor(vm a, vm b) { return _mm256_or_ps(a, b); }
   static bool any(vm m) { return _mm256_movemask_ps(m) != 0; }
-  static float hsum(vf v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-  }
   /// See avx512::vt::finish_rows.
   static bool finish_rows(const vf* s1, const vf* s2, index_t nr, float inv_d, float inv_d1, float* out) {
     const __m128 a = sum4(s1), q = sum4(s2);

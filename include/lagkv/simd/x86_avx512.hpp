@@ -16,6 +16,7 @@
 /// are visited in "even/odd" kernel order (see common.hpp). Tails use masked loads.
 
 #include "lagkv/simd/common.hpp"
+#include "lagkv/simd/x86_avx2.hpp"
 
 #if !defined(LAGKV_NO_SIMD) && (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define LAGKV_SIMD_HAVE_AVX512 1
@@ -59,23 +60,11 @@ inline __m256 sum8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
 }
 
-/// Float vectors of the kernels (x86_kernels_inl.hpp): 8 lanes, blocks of 8 rows.
-struct vt {
-  using vf = __m256;
+/// Float vectors of the kernels (x86_kernels_inl.hpp): 8 lanes (the arithmetic is 256-bit, see
+/// x86_kernels_inl.hpp, so it is AVX2's f32x8_ops), blocks of 8 rows, AVX-512 lane masks.
+struct vt : avx2::f32x8_ops {
   using vm = __mmask8;
-  static constexpr index_t kLanes = 8, kRows = 8;
-  static vf zero() { return _mm256_setzero_ps(); }
-  static vf set1(float x) { return _mm256_set1_ps(x); }
-  static vf load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, vf v) { _mm256_storeu_ps(p, v); }
-  static vf add(vf a, vf b) { return _mm256_add_ps(a, b); }
-  static vf sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
-  static vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
-  static vf div(vf a, vf b) { return _mm256_div_ps(a, b); }
-  static vf fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-  static vf fmsub(vf a, vf b, vf c) { return _mm256_fmsub_ps(a, b, c); }
-  static vf fnmsub(vf a, vf b, vf c) { return _mm256_fnmsub_ps(a, b, c); }  // -(a*b) - c
-  static vf abs(vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static constexpr index_t kRows = 8;
   static vm first_n(index_t n) { return mask8(n); }
   static vf maskz(vm m, vf v) { return _mm256_maskz_mov_ps(m, v); }
   static vf keep_first(vf v, index_t n) { return _mm256_maskz_mov_ps(mask8(n), v); }
@@ -86,11 +75,6 @@ struct vt {
   static vm mand(vm a, vm b) { return static_cast<vm>(a & b); }
   static vm mor(vm a, vm b) { return static_cast<vm>(a | b); }
   static bool any(vm m) { return m != 0; }
-  static float hsum(vf v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-  }
   /// Std of a block's rows from their S1/S2 accumulators (see score_block); false when some row
   /// (the repeated padding rows too, which copy a real one) is ill-conditioned or NaN.
   static bool finish_rows(const vf* s1, const vf* s2, index_t nr, float inv_d, float inv_d1, float* out) {
