@@ -13,6 +13,8 @@
 // scoring ~1.5x as many values per second as fp16.
 #include <benchmark/benchmark.h>
 
+#include "rate_reporter.hpp"
+
 #include <lagkv/q8_0.hpp>
 #include <lagkv/simd/dispatch.hpp>
 #include <lagkv/simd/q8_0_dispatch.hpp>
@@ -162,16 +164,8 @@ void bm_l2(benchmark::State& st, target tg, bool q8) {
 }
 
 /// Console output plus, at the end, the q8_0 / fp16 bytes-per-second ratio of each target.
-class ratio_reporter : public benchmark::ConsoleReporter {
+class ratio_reporter : public rate_reporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const Run& r : runs) {
-      if (r.run_type == Run::RT_Aggregate && r.aggregate_name != "median") continue;
-      const auto it = r.counters.find("bytes_per_second");
-      if (it != r.counters.end()) rate_[r.run_name.function_name] = it->second.value;
-    }
-    ConsoleReporter::ReportRuns(runs);
-  }
   void Finalize() override {
     ConsoleReporter::Finalize();
     std::printf("\nq8_0 / fp16 bytes per second (goal >= 0.80):\n");
@@ -185,9 +179,6 @@ class ratio_reporter : public benchmark::ConsoleReporter {
     if (rate_.count("Stream/q8_0") && rate_.count("Stream/fp16"))
       std::printf("  Stream         %.2f\n", rate_["Stream/q8_0"] / rate_["Stream/fp16"]);
   }
-
- private:
-  std::map<std::string, double> rate_;
 };
 
 }  // namespace

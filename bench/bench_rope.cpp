@@ -15,6 +15,8 @@
 // is given).
 #include <benchmark/benchmark.h>
 
+#include "rate_reporter.hpp"
+
 #include <lagkv/rope.hpp>
 
 #include <cstdint>
@@ -121,16 +123,8 @@ void bm_evicted(benchmark::State& st, lagkv::rope_isa isa, bool per_head) {
 }
 
 /// Console output plus, at the end, every kernel's rate over the scalar kernel's and memcpy's.
-class ratio_reporter : public benchmark::ConsoleReporter {
+class ratio_reporter : public rate_reporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const Run& r : runs) {
-      if (r.run_type == Run::RT_Aggregate && r.aggregate_name != "median") continue;
-      const auto it = r.counters.find("bytes_per_second");
-      if (it != r.counters.end()) rate_[r.run_name.function_name] = it->second.value;
-    }
-    ConsoleReporter::ReportRuns(runs);
-  }
   void Finalize() override {
     ConsoleReporter::Finalize();
     std::printf("\nGB/s (decimal) and ratios to the scalar kernel and to memcpy of the same bytes:\n");
@@ -147,9 +141,6 @@ class ratio_reporter : public benchmark::ConsoleReporter {
         }
     }
   }
-
- private:
-  std::map<std::string, double> rate_;
 };
 
 template <class T>
