@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -174,6 +175,34 @@ void expect_sequence_matches(kv_view<const T> k, kv_view<const T> v, kv_view<con
   }
 }
 
+std::uint32_t bits_of(float x) {
+  std::uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+}
+
+/// Scores the sequence once per sweep schedule and expects the same bits (NaN where NaN): the
+/// two schedules run the same kernels on the same rows in a different order.
+template <class T>
+void expect_schedules_agree(kv_view<const T> k, kv_view<const T> v, index_t lag, index_t chunks, double w) {
+  using lagkv::simd::sweep_schedule;
+  std::vector<float> fwd(static_cast<std::size_t>(chunks * lag), -1.0f), bwd(fwd.size(), -2.0f);
+  {
+    lagkv::simd::scoped_schedule use(sweep_schedule::forward);
+    lagkv::dispatch::lagkv_sequence_scores<T>(k, v, lag, chunks, w, fwd.data());
+  }
+  {
+    lagkv::simd::scoped_schedule use(sweep_schedule::backward);
+    lagkv::dispatch::lagkv_sequence_scores<T>(k, v, lag, chunks, w, bwd.data());
+  }
+  for (std::size_t j = 0; j < fwd.size(); ++j) {
+    if (std::isnan(fwd[j]) && std::isnan(bwd[j])) continue;
+    EXPECT_EQ(bits_of(fwd[j]), bits_of(bwd[j]))
+        << "chunk " << j / static_cast<std::size_t>(lag) << " token " << j % static_cast<std::size_t>(lag)
+        << ": forward " << fwd[j] << " backward " << bwd[j];
+  }
+}
+
 template <class Fn>
 decltype(auto) with_dtype(dtype t, Fn&& fn) {
   return lagkv::visit_dtype(t, std::forward<Fn>(fn));
@@ -205,6 +234,23 @@ TEST_P(SimdScores, SequenceMatchesOracle) {
     const std::vector<T> kd = make_data<T>(k, tokens, d, lag, seed), vd = make_data<T>(k, tokens, d, lag, seed + 7);
     const kv_view<const T> kv(kd.data(), tokens, d, d), vv(vd.data(), tokens, d, d);
     expect_sequence_matches<T>(kv, vv, kv, vv, lag, chunks, 1.0);
+  });
+}
+
+TEST_P(SimdScores, ForwardAndBackwardSchedulesGiveTheSameBits) {
+  const target tg = std::get<0>(GetParam());
+  const dtype ty = std::get<1>(GetParam());
+  const index_t d = std::get<2>(GetParam());
+  const kind k = std::get<3>(GetParam());
+  LAGKV_REQUIRE_TARGET(tg);
+  lagkv::simd::scoped_target use(tg);
+  const index_t lag = d % 2 ? 13 : 37, chunks = 4, tokens = (chunks + 1) * lag + 5;  // tokens past the last reference
+  with_dtype(ty, [&](auto tag) {
+    using T = decltype(tag);
+    const auto seed = static_cast<unsigned>(d * 37 + static_cast<int>(k));
+    const std::vector<T> kd = make_data<T>(k, tokens, d, lag, seed), vd = make_data<T>(k, tokens, d, lag, seed + 3);
+    const kv_view<const T> kv(kd.data(), tokens, d, d), vv(vd.data(), tokens, d, d);
+    expect_schedules_agree<T>(kv, vv, lag, chunks, 1.0);
   });
 }
 
@@ -399,6 +445,22 @@ TEST_P(SimdLayouts, SequenceAndL2MatchOracleOnContiguousCopy) {
     lagkv::reference::l2norm_scores<T>(kc, want.data());
     const double tol = std::numeric_limits<float>::epsilon() * (static_cast<double>(d) / 8.0 + 8.0);
     for (index_t t = 0; t < tokens; ++t) EXPECT_TRUE(close(got[static_cast<std::size_t>(t)], want[static_cast<std::size_t>(t)], tol)) << t;
+  });
+}
+
+TEST_P(SimdLayouts, ForwardAndBackwardSchedulesGiveTheSameBits) {
+  const target tg = std::get<0>(GetParam());
+  const dtype ty = std::get<1>(GetParam());
+  const view_layout l = std::get<2>(GetParam());
+  const index_t d = std::get<3>(GetParam());
+  LAGKV_REQUIRE_TARGET(tg);
+  lagkv::simd::scoped_target use(tg);
+  const index_t lag = 19, chunks = 3, tokens = (chunks + 1) * lag + 4;
+  with_dtype(ty, [&](auto tag) {
+    using T = decltype(tag);
+    const std::vector<T> kd = make_data<T>(kind::random, tokens, d, lag, 23u), vd = make_data<T>(kind::random, tokens, d, lag, 24u);
+    const auto kmem = store_in_layout<T>(l, kd, tokens, d), vmem = store_in_layout<T>(l, vd, tokens, d);
+    expect_schedules_agree<T>(kmem.view, vmem.view, lag, chunks, 0.5);
   });
 }
 

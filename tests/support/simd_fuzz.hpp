@@ -360,6 +360,18 @@ class problem {
           fail("chunk ", c, " token ", i, ": lagkv_chunk_scores ", one[usz(i)], " != lagkv_sequence_scores ",
                got[usz(c * lag_ + i)]);
     }
+    // Both sweep schedules, forced: the same bits as the automatic choice.
+    for (auto schedule : {lagkv::simd::sweep_schedule::forward, lagkv::simd::sweep_schedule::backward}) {
+      lagkv::simd::scoped_schedule use(schedule);
+      std::vector<float> again(got.size(), -1.0f);
+      stats_.calls++;
+      lagkv::dispatch::lagkv_sequence_scores<T>(kv, w_ != 0.0 ? vv : kv_view<const T>(), lag_, chunks_, w_,
+                                                again.data());
+      for (std::size_t j = 0; j < got.size(); ++j)
+        if (std::memcmp(&again[j], &got[j], sizeof(float)) != 0 && !(std::isnan(again[j]) && std::isnan(got[j])))
+          fail("schedule ", schedule == lagkv::simd::sweep_schedule::forward ? "forward" : "backward", " token ", j,
+               ": ", again[j], " != automatic ", got[j]);
+    }
   }
 
   void chunk(kv_view<const T> kv, kv_view<const T> vv, kv_view<const T> kc, kv_view<const T> vc) {

@@ -185,6 +185,32 @@ class scoped_target {
   const detail::target_kernels* previous_;
 };
 
+/// \brief The order in which lagkv_sequence_scores walks a tensor's chunks. Both read each row
+/// from memory once and give the same scores bit for bit; they differ in what stays in cache.
+/// `forward`: the min/max of chunk j+2 is read while chunk j is scored from cache (three chunks
+/// live). `backward`: chunks last to first, each row scored and folded into its own chunk's
+/// min/max in one read (one chunk live). `automatic` (the default) picks per row size.
+enum class sweep_schedule { automatic, forward, backward };
+
+namespace detail {
+inline std::atomic<sweep_schedule>& schedule_slot() {
+  static std::atomic<sweep_schedule> slot{sweep_schedule::automatic};
+  return slot;
+}
+}  // namespace detail
+
+/// \brief RAII override of the sweep schedule (all threads); for tests and benchmarks.
+class scoped_schedule {
+ public:
+  explicit scoped_schedule(sweep_schedule s) : previous_(detail::schedule_slot().exchange(s)) {}
+  scoped_schedule(const scoped_schedule&) = delete;
+  scoped_schedule& operator=(const scoped_schedule&) = delete;
+  ~scoped_schedule() { detail::schedule_slot().store(previous_); }
+
+ private:
+  sweep_schedule previous_;
+};
+
 namespace detail {
 
 // ---- The driver: chunk and sequence logic shared by every target -----------------------------
@@ -530,17 +556,14 @@ void score_one_chunk(const target_kernels& tk, const kv_view<const T>& chunk, co
   finish_chunk<T>(tk, chunk, ref, srows, rs, ws, w, accumulate, out);
 }
 
-/// One tensor over `chunks` consecutive chunks (chunk j against chunk j+1), one pass.
-///
-/// Schedule: before chunk 0, the min/max of chunk 1. Step j then scores chunk j against the
-/// finished min/max of chunk j+1 and, in the same row loop, accumulates the min/max of chunk
-/// j+2. So each row is read from DRAM once (as a later chunk's reference) and re-read from
-/// cache two steps later when it is scored: three chunks of one tensor are live at a time
-/// (96 KiB for lag 128, D 128, fp16), which L2 holds. K and V are swept one after the other for
-/// the same reason; the V sweep adds w * p_v onto the K probabilities already in `out`.
+/// Schedule forward (chunk j against chunk j+1): before chunk 0, the min/max of chunk 1. Step j
+/// then scores chunk j against the finished min/max of chunk j+1 and, in the same row loop,
+/// accumulates the min/max of chunk j+2. So each row is read from DRAM once (as a later chunk's
+/// reference) and re-read from cache two steps later when it is scored: three chunks of one
+/// tensor are live at a time (96 KiB for lag 128, D 128, fp16), which L2 holds.
 template <class T>
-void sweep(const target_kernels& tk, const kv_view<const T>& x, index_t lag, index_t chunks, float w, bool accumulate,
-           float* out, workspace& ws) {
+void sweep_forward(const target_kernels& tk, const kv_view<const T>& x, index_t lag, index_t chunks, float w,
+                   bool accumulate, float* out, workspace& ws) {
   const kernel_set<T>& ks = kernels_for<T>(tk);
   const index_t d = x.head_dim();
   row_buffers<T>* rb = ws.rows(static_cast<T*>(nullptr));
@@ -563,6 +586,69 @@ void sweep(const target_kernels& tk, const kv_view<const T>& x, index_t lag, ind
                     out + c * lag);
     std::swap(cur, next);
   }
+}
+
+/// Schedule backward (as the q8_0 sweep): the min/max of chunk `chunks` (the last reference)
+/// first; then chunks j = chunks-1 .. 0 are scored against the finished min/max of chunk j+1
+/// while their own min/max (chunk j-1's reference) is folded from the same rows, a batch at a
+/// time, the batch still in L1. Each row is read once and only one chunk is live. The kernels
+/// prefetch kAheadRows rows ahead of the row they score, so the row list runs on into the first
+/// rows of chunk j-1, the next ones read (contiguous rows only: gathered rows are in cache).
+template <class T>
+void sweep_backward(const target_kernels& tk, const kv_view<const T>& x, index_t lag, index_t chunks, float w,
+                    bool accumulate, float* out, workspace& ws) {
+  const kernel_set<T>& ks = kernels_for<T>(tk);
+  const index_t d = x.head_dim();
+  row_buffers<T>* rb = ws.rows(static_cast<T*>(nullptr));
+  void* ref = mm_buffer<T>(ws, 0, d);
+  void* own = mm_buffer<T>(ws, 1, d);
+  float* ubuf = ws.ubuf(4 * ks.kernel_dim(d));
+  ws.stds.resize(static_cast<std::size_t>(lag));
+  mm_init<T>(ref, d);
+  ks.fused_rows(nullptr, 0, rows_of(x, chunks * lag, lag, rb[1]), lag, lag, d, nullptr, nullptr, nullptr, ref, nullptr,
+                ubuf);
+  for (index_t c = chunks - 1; c >= 0; --c) {
+    const ref_summary rs = prepare_ref<T>(ks, ref, d, ws);
+    const bool fold = c > 0;  // chunk 0 is nobody's reference
+    if (fold) mm_init<T>(own, d);
+    const T* const* rows = rows_of(x, c * lag, lag, rb[0]);
+    const index_t ahead = fold && x.rows_contiguous() ? std::min(kAheadRows, lag) : 0;
+    if (ahead > 0) {
+      rb[0].ptrs.resize(static_cast<std::size_t>(lag + ahead));  // within what reserve() prepared
+      for (index_t t = 0; t < ahead; ++t) rb[0].ptrs[static_cast<std::size_t>(lag + t)] = x.row((c - 1) * lag + t);
+      rows = rb[0].ptrs.data();
+    }
+    ks.fused_rows(rows, lag, rows, fold ? lag : 0, lag + ahead, d, ws.lo.data(), ws.inv.data(),
+                  rs.small_bias ? ws.bias.data() : nullptr, own, ws.stds.data(), ubuf);
+    finish_chunk<T>(tk, x.slice(c * lag, lag), x.slice((c + 1) * lag, lag), rows, rs, ws, w, accumulate,
+                    out + c * lag);
+    std::swap(ref, own);
+  }
+}
+
+/// Rows of at least this many bytes are swept backward. Measured (paired, bench/RESULTS.md
+/// "Sweep schedules"): 512-byte rows (fp32 D128) lag 1024 0.47-0.55x -> 0.69-0.79x of the
+/// streaming read (three live chunks, 1.5 MiB, overflow L2 going forward), lag 128 0.67 ->
+/// 0.69-0.70x; 16-bit rows and 256-byte fp32 rows keep forward (backward 0.00-0.10x slower).
+inline constexpr index_t kBackwardRowBytes = 512;
+
+inline sweep_schedule schedule_for(index_t row_bytes) {
+  const sweep_schedule s = schedule_slot().load(std::memory_order_relaxed);
+  if (s != sweep_schedule::automatic) return s;
+  return row_bytes >= kBackwardRowBytes ? sweep_schedule::backward : sweep_schedule::forward;
+}
+
+/// One tensor over `chunks` consecutive chunks (chunk j against chunk j+1), each row read from
+/// memory once, by one of the two schedules above (same scores, bit for bit). K and V are swept
+/// one after the other so that only one tensor's chunks are live; the V sweep adds w * p_v onto
+/// the K probabilities already in `out`.
+template <class T>
+void sweep(const target_kernels& tk, const kv_view<const T>& x, index_t lag, index_t chunks, float w, bool accumulate,
+           float* out, workspace& ws) {
+  if (schedule_for(x.head_dim() * static_cast<index_t>(sizeof(T))) == sweep_schedule::backward)
+    sweep_backward<T>(tk, x, lag, chunks, w, accumulate, out, ws);
+  else
+    sweep_forward<T>(tk, x, lag, chunks, w, accumulate, out, ws);
 }
 
 }  // namespace detail
