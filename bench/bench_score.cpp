@@ -15,6 +15,10 @@
 //   L2/<target>, L2Stream, L2Eigen, L2Oracle   the same for L2-norm scoring (keys only)
 //   Compact/<dtype>, CompactMemcpy             in-place gather (compact.hpp) of half the rows vs memcpy
 //   Heads/<threads>, HeadsStream/<threads>      many (layer, head) pairs through the executor
+//   Overlap/fmas<W>             the machine, not the library: a sequential read with W FMAs per
+//                               64-byte line, from DRAM and in cache, next to the plain read:
+//                               how close to the streaming rate any kernel of a given in-cache
+//                               speed can get (bench/RESULTS.md "The overlap bound")
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
@@ -415,6 +419,82 @@ void bm_heads_stream(benchmark::State& st, unsigned threads) {
   st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations()) * static_cast<std::int64_t>(p.k.size() * 2 * sizeof(f16)));
 }
 
+// ---- The overlap bound: the machine, not the library ---------------------------------------------
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/// A sequential read whose every 64-byte line feeds W FMAs (8 independent chains: two FMA pipes
+/// with latency 4 stay busy): the ideal access pattern for a kernel that costs W/2 cycles a line
+/// in cache. noipa: the in-cache loop calls it on the same bytes again and again, which a pure
+/// function would let the compiler fold into one call.
+template <int W>
+__attribute__((target("avx2,fma"), noipa)) float read_with_fmas(const unsigned char* p, std::size_t bytes) {
+  __m256 acc[8];
+  for (auto& a : acc) a = _mm256_setzero_ps();
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+  const __m256 m = _mm256_set1_ps(0.999f);
+  for (std::size_t i = 0; i + 64 <= bytes; i += 64) {
+    const __m256 x = _mm256_loadu_ps(reinterpret_cast<const float*>(p + i));
+    const __m256 y = _mm256_loadu_ps(reinterpret_cast<const float*>(p + i + 32));
+    s0 = _mm256_add_ps(s0, x);
+    s1 = _mm256_add_ps(s1, y);
+#pragma GCC unroll 64
+    for (int k = 0; k < W; ++k) acc[k % 8] = _mm256_fmadd_ps(acc[k % 8], m, k % 2 ? y : x);
+  }
+  __m256 t = _mm256_add_ps(s0, s1);
+  for (const auto& a : acc) t = _mm256_add_ps(t, a);
+  alignas(32) float o[8];
+  _mm256_store_ps(o, t);
+  return o[0] + o[7];
+}
+
+/// The fp32 D64 K and V buffers (128 MiB) read three ways in one timing loop, each timed with
+/// the process CPU clock as in Paired: the plain streaming read, read_with_fmas<W> over them
+/// (from DRAM), and read_with_fmas<W> over their first 64 KiB again and again to the same byte
+/// count (in cache). dram_vs_stream next to in_cache_vs_stream is the bound: a kernel that runs
+/// at in_cache_vs_stream of the streaming rate in cache reaches at most about dram_vs_stream
+/// from DRAM on this machine, however its reads are arranged.
+template <int W>
+void bm_overlap(benchmark::State& st) {
+  auto& ds = data_for<float>(64);
+  const std::size_t bytes = ds.k.size() * sizeof(float), hot = std::size_t{64} << 10;
+  const auto* k = reinterpret_cast<const unsigned char*>(ds.k.data());
+  const auto* v = reinterpret_cast<const unsigned char*>(ds.v.data());
+  double stream_s = 0.0, dram_s = 0.0, cache_s = 0.0;
+  for (auto _ : st) {
+    const std::clock_t c0 = std::clock();
+    std::uint64_t sum = stream_sum(k, bytes) + stream_sum(v, bytes);
+    benchmark::DoNotOptimize(sum);
+    const std::clock_t c1 = std::clock();
+    float f = read_with_fmas<W>(k, bytes) + read_with_fmas<W>(v, bytes);
+    benchmark::DoNotOptimize(f);
+    const std::clock_t c2 = std::clock();
+    for (std::size_t done = 0; done < 2 * bytes; done += hot) f += read_with_fmas<W>(k, hot);
+    benchmark::DoNotOptimize(f);
+    const std::clock_t c3 = std::clock();
+    stream_s += static_cast<double>(c1 - c0) / CLOCKS_PER_SEC;
+    dram_s += static_cast<double>(c2 - c1) / CLOCKS_PER_SEC;
+    cache_s += static_cast<double>(c3 - c2) / CLOCKS_PER_SEC;
+  }
+  const double total = static_cast<double>(st.iterations()) * 2.0 * static_cast<double>(bytes) / 1e9;
+  st.counters["stream_GBps"] = total / stream_s;
+  st.counters["dram_GBps"] = total / dram_s;
+  st.counters["in_cache_GBps"] = total / cache_s;
+  st.counters["in_cache_vs_stream"] = stream_s / cache_s;
+  st.counters["dram_vs_stream"] = stream_s / dram_s;
+}
+
+void register_overlap() {
+  benchmark::RegisterBenchmark("Overlap/fmas0", bm_overlap<0>);
+  benchmark::RegisterBenchmark("Overlap/fmas8", bm_overlap<8>);
+  benchmark::RegisterBenchmark("Overlap/fmas16", bm_overlap<16>);
+  benchmark::RegisterBenchmark("Overlap/fmas20", bm_overlap<20>);
+  benchmark::RegisterBenchmark("Overlap/fmas24", bm_overlap<24>);
+  benchmark::RegisterBenchmark("Overlap/fmas32", bm_overlap<32>);
+}
+#else
+void register_overlap() {}
+#endif
+
 // ---- Registration -----------------------------------------------------------------------------------
 
 template <class T>
@@ -456,6 +536,7 @@ int main(int argc, char** argv) {
   register_dtype<float>();
   register_dtype<f16>();
   register_dtype<bf16>();
+  register_overlap();
   for (unsigned threads : {1u, 2u}) {
     benchmark::RegisterBenchmark(("HeadsStream/threads" + std::to_string(threads)).c_str(),
                                  [threads](benchmark::State& st) { bm_heads_stream(st, threads); })
