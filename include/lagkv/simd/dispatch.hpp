@@ -591,9 +591,10 @@ void sweep_forward(const target_kernels& tk, const kv_view<const T>& x, index_t 
 /// Schedule backward (as the q8_0 sweep): the min/max of chunk `chunks` (the last reference)
 /// first; then chunks j = chunks-1 .. 0 are scored against the finished min/max of chunk j+1
 /// while their own min/max (chunk j-1's reference) is folded from the same rows, a batch at a
-/// time, the batch still in L1. Each row is read once and only one chunk is live. The kernels
-/// prefetch kAheadRows rows ahead of the row they score, so the row list runs on into the first
-/// rows of chunk j-1, the next ones read (contiguous rows only: gathered rows are in cache).
+/// time, the batch still in L1. Each row comes from memory once and only one chunk is live. The
+/// x86 kernels prefetch the rows they are handed past the scored ones, so the row list runs on
+/// into the first kAheadRows rows of chunk j-1, the next ones read (contiguous rows only:
+/// gathered rows are already in cache).
 template <class T>
 void sweep_backward(const target_kernels& tk, const kv_view<const T>& x, index_t lag, index_t chunks, float w,
                     bool accumulate, float* out, workspace& ws) {
@@ -627,9 +628,10 @@ void sweep_backward(const target_kernels& tk, const kv_view<const T>& x, index_t
 }
 
 /// Rows of at least this many bytes are swept backward. Measured (paired, bench/RESULTS.md
-/// "Sweep schedules"): 512-byte rows (fp32 D128) lag 1024 0.47-0.55x -> 0.69-0.79x of the
-/// streaming read (three live chunks, 1.5 MiB, overflow L2 going forward), lag 128 0.67 ->
-/// 0.69-0.70x; 16-bit rows and 256-byte fp32 rows keep forward (backward 0.00-0.10x slower).
+/// "The overlap bound, and a backward sweep"): 512-byte rows (fp32 D128) lag 1024 0.47-0.55x ->
+/// 0.69-0.79x of the streaming read (going forward, three live chunks, 1.5 MiB, overflow L2),
+/// lag 128 0.65-0.69x -> 0.68-0.72x; 16-bit rows and 256-byte fp32 rows stay forward (backward
+/// measured 0.00-0.10x slower for them).
 inline constexpr index_t kBackwardRowBytes = 512;
 
 inline sweep_schedule schedule_for(index_t row_bytes) {
