@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <random>
 #include <vector>
@@ -51,15 +52,19 @@ void check_lagkv(const char* dt, lagkv::index_t d, int kind) {
   const auto v = make<T>(tokens, d, static_cast<unsigned>(d * 5 + kind), kind);
   const lagkv::kv_view<const T> kv(k.data(), tokens, d, d), vv(v.data(), tokens, d, d);
   std::vector<float> got(static_cast<std::size_t>(chunks * lag)), want(got.size());
-  lagkv::dispatch::lagkv_sequence_scores<T>(kv, vv, lag, chunks, 1.0, got.data());
   for (lagkv::index_t c = 0; c < chunks; ++c)
     lagkv::reference::lagkv_chunk_scores<T>(kv.slice(c * lag, lag), kv.slice((c + 1) * lag, lag), vv.slice(c * lag, lag),
                                             vv.slice((c + 1) * lag, lag), 1.0, want.data() + c * lag);
   // Data of scale ~5 normalised by ranges of ~5: Y <= 8 is generous.
   const double eps = std::numeric_limits<float>::epsilon();
   const double tol = eps * (4.0 * (static_cast<double>(d) / 8.0 + 8.0) * 8.0 + static_cast<double>(lag) / 16.0 + 12.0);
-  for (std::size_t i = 0; i < got.size(); ++i)
-    if (!close(got[i], want[i], tol)) fail("lagkv", dt, static_cast<long>(d), static_cast<long>(i), got[i], want[i]);
+  for (auto schedule : {lagkv::simd::sweep_schedule::forward, lagkv::simd::sweep_schedule::backward}) {
+    lagkv::simd::scoped_schedule use(schedule);
+    lagkv::dispatch::lagkv_sequence_scores<T>(kv, vv, lag, chunks, 1.0, got.data());
+    const char* what = schedule == lagkv::simd::sweep_schedule::forward ? "lagkv forward" : "lagkv backward";
+    for (std::size_t i = 0; i < got.size(); ++i)
+      if (!close(got[i], want[i], tol)) fail(what, dt, static_cast<long>(d), static_cast<long>(i), got[i], want[i]);
+  }
   std::vector<float> l2(static_cast<std::size_t>(tokens)), l2w(l2.size());
   lagkv::dispatch::l2norm_scores<T>(kv, l2.data());
   lagkv::reference::l2norm_scores<T>(kv, l2w.data());
