@@ -14,14 +14,11 @@
 #include <benchmark/benchmark.h>
 
 #include "rate_reporter.hpp"
+#include "stream_read.hpp"
 
 #include <lagkv/q8_0.hpp>
 #include <lagkv/simd/dispatch.hpp>
 #include <lagkv/simd/q8_0_dispatch.hpp>
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -86,33 +83,6 @@ const dataset& data() {
 
 constexpr std::int64_t kBytes16 = kHeads * kTokens * kDim * 2;
 constexpr std::int64_t kBytes8 = kHeads * kTokens * kBlocksPerRow * static_cast<std::int64_t>(sizeof(block_q8_0));
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("avx2"))) std::uint64_t stream_sum(const void* p, std::size_t bytes) {
-  const auto* c = static_cast<const unsigned char*>(p);
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-  std::size_t i = 0;
-  for (; i + 128 <= bytes; i += 128) {
-    a0 = _mm256_add_epi64(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i)));
-    a1 = _mm256_add_epi64(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 32)));
-    a2 = _mm256_add_epi64(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 64)));
-    a3 = _mm256_add_epi64(a3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 96)));
-  }
-  alignas(32) std::uint64_t out[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(out),
-                     _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
-  std::uint64_t s = out[0] + out[1] + out[2] + out[3];
-  for (; i < bytes; ++i) s += c[i];
-  return s;
-}
-#else
-std::uint64_t stream_sum(const void* p, std::size_t bytes) {
-  const auto* c = static_cast<const unsigned char*>(p);
-  std::uint64_t s = 0;
-  for (std::size_t i = 0; i < bytes; ++i) s += c[i];
-  return s;
-}
-#endif
 
 void bm_stream(benchmark::State& st, bool q8) {
   const dataset& ds = data();

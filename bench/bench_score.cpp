@@ -21,6 +21,8 @@
 //                               speed can get (bench/RESULTS.md "The overlap bound")
 #include <benchmark/benchmark.h>
 
+#include "stream_read.hpp"
+
 #include <Eigen/Core>
 #include <lagkv/compact.hpp>
 #include <lagkv/executor.hpp>
@@ -90,36 +92,6 @@ dataset<T>& data_for(index_t d) {
 }
 
 // ---- Streaming read: the limit ------------------------------------------------------------------
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("avx2"))) std::uint64_t stream_sum(const void* p, std::size_t bytes) {
-  const auto* c = static_cast<const unsigned char*>(p);
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-  std::size_t i = 0;
-  for (; i + 128 <= bytes; i += 128) {
-    a0 = _mm256_add_epi64(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i)));
-    a1 = _mm256_add_epi64(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 32)));
-    a2 = _mm256_add_epi64(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 64)));
-    a3 = _mm256_add_epi64(a3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + i + 96)));
-  }
-  alignas(32) std::uint64_t out[4];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
-  std::uint64_t s = out[0] + out[1] + out[2] + out[3];
-  for (; i < bytes; ++i) s += c[i];
-  return s;
-}
-#else
-std::uint64_t stream_sum(const void* p, std::size_t bytes) {
-  const auto* c = static_cast<const unsigned char*>(p);
-  std::uint64_t s = 0;
-  for (std::size_t i = 0; i + 8 <= bytes; i += 8) {
-    std::uint64_t w;
-    std::memcpy(&w, c + i, 8);
-    s += w;
-  }
-  return s;
-}
-#endif
 
 template <class T>
 void bm_stream(benchmark::State& st, index_t d, bool keys_only) {

@@ -17,6 +17,7 @@
 
 #include "support/golden.hpp"
 #include "support/cache_layouts.hpp"
+#include "support/contract_fixture.hpp"
 #include "support/plain_cache.hpp"
 
 namespace {
@@ -277,8 +278,6 @@ INSTANTIATE_TEST_SUITE_P(Cache, LayoutsAndDtypes,
 
 // ---- Strong exception guarantee ----------------------------------------------------------------
 
-constexpr index_t kFL = 3, kFH = 2, kFD = 8, kFC = 64;
-
 struct rejecting_policy : lagkv::policy_base {
   static constexpr const char* kName = "rejecting";
   void validate(const lagkv::cache_shape& s) const {
@@ -289,76 +288,16 @@ struct rejecting_policy : lagkv::policy_base {
   void score(const lagkv::head_data<T>&, const lagkv::compress_plan&, index_t, lagkv::score_t*) const noexcept {}
 };
 
-// Layer 0: H2O, layer 1: LagKV, layer 2: empty. Both used layers have compressed already.
-struct failure_fixture {
-  lagkv::kv_cache<float> cache;
-  std::vector<float> k, q;
-  failure_fixture() : cache(config(), lagkv::any_policy()) {
-    lagkv::h2o_params hp;
-    hp.budget = 20;
-    hp.window = 4;
-    cache.set_policy(0, lagkv::h2o_policy(hp));
-    lagkv::lagkv_params lp;
-    lp.sink = 2;
-    lp.lag = 4;
-    cache.set_policy(1, lagkv::lagkv_policy(lp));
-    k = lagkv_test::random_kv(4, kFH, kFC, kFD);
-    q = lagkv_test::random_kv(5, kFH, kFC, kFD);
-    for (index_t l = 0; l < 2; ++l) {
-      cache.append(l, input(0, 24), input(0, 24), extras(0));
-      for (index_t t = 24; t < 30; ++t) cache.append(l, input(t, 1), input(t, 1), extras(t));
-    }
-  }
-  static lagkv::cache_config config() {
-    lagkv::cache_config c;
-    c.layers = kFL;
-    c.kv_heads = kFH;
-    c.head_dim = kFD;
-    c.capacity = kFC;
-    return c;
-  }
-  lagkv::kv_input<float> input(index_t first, index_t n) const {
-    return lagkv::kv_input<float>{k.data() + first * kFD, n, lagkv::kv_layout::hsd(), kFC};
-  }
-  lagkv::append_extras extras(index_t first) const {
-    lagkv::append_extras x;
-    x.attention.q_heads = kFH;
-    x.attention.queries = q.data() + first * kFD;
-    x.attention.q_head_stride = kFC * kFD;
-    x.attention.q_token_stride = kFD;
-    return x;
-  }
-
-  // Everything observable: all K/V bytes (used or not), lengths, positions, counters, policy state.
-  std::vector<double> snapshot() const {
-    std::vector<double> s;
-    for (index_t l = 0; l < kFL; ++l) {
-      const auto m = cache.memory(l);
-      for (index_t i = 0; i < kFH * kFC * kFD; ++i) s.push_back(m.k[i]), s.push_back(m.v[i]);
-      s.push_back(static_cast<double>(cache.tokens_seen(l)));
-      s.push_back(static_cast<double>(cache.compressions(l)));
-      for (index_t h = 0; h < kFH; ++h) {
-        s.push_back(static_cast<double>(cache.length(l, h)));
-        for (index_t p : cache.positions(l, h)) s.push_back(static_cast<double>(p));
-      }
-    }
-    const auto* h2o = cache.policy(0).target<lagkv::h2o_policy>();
-    for (index_t h = 0; h < kFH; ++h)
-      for (index_t i = 0; i < kFC; ++i) s.push_back(h2o->accumulated(h)[i]);
-    const auto* lag = cache.policy(1).target<lagkv::lagkv_policy>();
-    for (index_t h = 0; h < kFH; ++h) s.push_back(static_cast<double>(lag->compressed(h)));
-    return s;
-  }
-};
+using lagkv_test::contract_fixture;
 
 struct failure_case {
   std::string name;
   std::string message;  // expected substring of the error
-  std::function<void(failure_fixture&)> op;
+  std::function<void(contract_fixture&)> op;
 };
 
 std::vector<failure_case> failure_cases() {
-  using F = failure_fixture;
+  using F = contract_fixture;
   return {
       {"append_layer_out_of_range", "layer=3: out of range [0, 3)",
        [](F& f) { f.cache.append(3, f.input(30, 1), f.input(30, 1), f.extras(30)); }},
@@ -392,7 +331,7 @@ std::vector<failure_case> failure_cases() {
        [](F& f) {
          std::vector<float> probs(100, 0.0f);
          lagkv::append_extras x;
-         x.attention.q_heads = kFH;
+         x.attention.q_heads = contract_fixture::kHeads;
          x.attention.probs = probs.data();
          x.attention.row_stride = 5;
          f.cache.append(0, f.input(30, 1), f.input(30, 1), x);
@@ -417,7 +356,7 @@ std::vector<failure_case> failure_cases() {
 class StrongGuarantee : public ::testing::TestWithParam<failure_case> {};
 
 TEST_P(StrongGuarantee, FailureLeavesTheCacheByteIdentical) {
-  failure_fixture f;
+  contract_fixture f;
   const auto before = f.snapshot();
   ASSERT_GT(f.cache.compressions(0), 0);
   ASSERT_GT(f.cache.compressions(1), 0);
@@ -448,20 +387,20 @@ std::string error_of(const std::function<void()>& fn) {
 }
 
 TEST(CacheConfig, InvalidFieldsAreNamedWithTheirValue) {
-  auto cfg = failure_fixture::config();
+  auto cfg = contract_fixture::config();
   cfg.layers = 0;
   EXPECT_EQ(error_of([&] { lagkv::kv_cache<float> c(cfg); }), "layers=0: must be >= 1");
-  cfg = failure_fixture::config();
+  cfg = contract_fixture::config();
   cfg.capacity = -4;
   EXPECT_EQ(error_of([&] { lagkv::kv_cache<float> c(cfg); }), "capacity=-4: must be >= 1");
-  cfg = failure_fixture::config();
+  cfg = contract_fixture::config();
   cfg.capacity = index_t{1} << 60;
   EXPECT_NE(error_of([&] { lagkv::kv_cache<float> c(cfg); }).find("layers*kv_heads*capacity*head_dim overflows"),
             std::string::npos);
-  cfg = failure_fixture::config();
+  cfg = contract_fixture::config();
   cfg.skip_layers = {5};
   EXPECT_EQ(error_of([&] { lagkv::kv_cache<float> c(cfg); }), "skip_layers entry=5: out of range [0, 3)");
-  cfg = failure_fixture::config();
+  cfg = contract_fixture::config();
   EXPECT_EQ(error_of([&] { lagkv::kv_cache<float> c(cfg, std::vector<lagkv::layer_memory<float>>(2)); }),
             "memory.size()=2: must equal layers=3");
   EXPECT_EQ(error_of([&] { lagkv::kv_cache<float> c(cfg, std::vector<lagkv::layer_memory<float>>(3)); }),

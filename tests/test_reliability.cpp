@@ -35,6 +35,7 @@
 
 #include "support/cache_fuzz.hpp"
 #include "support/cache_layouts.hpp"
+#include "support/contract_fixture.hpp"
 #include "support/plain_cache.hpp"
 #include "support/simd_fuzz.hpp"
 #include "support/targets.hpp"
@@ -104,70 +105,9 @@ struct failing_allocations {
 
 // ---- The contract fixture: a cache that has compressed, for every cache row --------------------
 
-constexpr index_t kL = 3, kH = 2, kD = 8, kC = 64;
-
-struct contract_fixture {
-  lagkv::kv_cache<float> cache;
-  std::vector<float> k, q;
-
-  contract_fixture() : cache(config(), lagkv::any_policy()) {
-    lagkv::h2o_params hp;
-    hp.budget = 20;
-    hp.window = 4;
-    cache.set_policy(0, lagkv::h2o_policy(hp));  // layer 0: H2O (needs attention with every append)
-    lagkv::lagkv_params lp;
-    lp.sink = 2;
-    lp.lag = 4;
-    cache.set_policy(1, lagkv::lagkv_policy(lp));  // layer 1: LagKV; layer 2: empty, no eviction
-    k = lagkv_test::random_kv(4, kH, kC, kD);
-    q = lagkv_test::random_kv(5, kH, kC, kD);
-    for (index_t l = 0; l < 2; ++l) {
-      cache.append(l, input(0, 24), input(0, 24), extras(0));
-      for (index_t t = 24; t < 30; ++t) cache.append(l, input(t, 1), input(t, 1), extras(t));
-    }
-  }
-  static lagkv::cache_config config() {
-    lagkv::cache_config c;
-    c.layers = kL;
-    c.kv_heads = kH;
-    c.head_dim = kD;
-    c.capacity = kC;
-    return c;
-  }
-  lagkv::kv_input<float> input(index_t first, index_t n) const {
-    return lagkv::kv_input<float>{k.data() + first * kD, n, lagkv::kv_layout::hsd(), kC};
-  }
-  lagkv::append_extras extras(index_t first) const {
-    lagkv::append_extras x;
-    x.attention.q_heads = kH;
-    x.attention.queries = q.data() + first * kD;
-    x.attention.q_head_stride = kC * kD;
-    x.attention.q_token_stride = kD;
-    return x;
-  }
-
-  /// Everything observable: all K/V bytes (used or not), lengths, positions, counters, policy state.
-  std::vector<double> snapshot() const {
-    std::vector<double> s;
-    for (index_t l = 0; l < kL; ++l) {
-      const auto m = cache.memory(l);
-      for (index_t i = 0; i < kH * kC * kD; ++i) s.push_back(m.k[i]), s.push_back(m.v[i]);
-      s.push_back(static_cast<double>(cache.tokens_seen(l)));
-      s.push_back(static_cast<double>(cache.compressions(l)));
-      s.push_back(cache.skipped(l) ? 1.0 : 0.0);
-      for (index_t h = 0; h < kH; ++h) {
-        s.push_back(static_cast<double>(cache.length(l, h)));
-        for (index_t p : cache.positions(l, h)) s.push_back(static_cast<double>(p));
-      }
-    }
-    const auto* h2o = cache.policy(0).target<lagkv::h2o_policy>();
-    for (index_t h = 0; h < kH; ++h) s.insert(s.end(), h2o->accumulated(h), h2o->accumulated(h) + kC);
-    const auto* lag = cache.policy(1).target<lagkv::lagkv_policy>();
-    for (index_t h = 0; h < kH; ++h) s.push_back(static_cast<double>(lag->compressed(h)));
-    s.push_back(std::strcmp(cache.policy(2).name(), "none") == 0 ? 1.0 : 0.0);
-    return s;
-  }
-};
+using lagkv_test::contract_fixture;
+constexpr index_t kL = contract_fixture::kLayers, kH = contract_fixture::kHeads, kD = contract_fixture::kHeadDim,
+                  kC = contract_fixture::kCapacity;
 
 // ---- The bad-input table ---------------------------------------------------------------------------
 
