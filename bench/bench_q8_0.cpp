@@ -15,6 +15,7 @@
 
 #include "rate_reporter.hpp"
 #include "stream_read.hpp"
+#include "synthetic.hpp"
 
 #include <lagkv/q8_0.hpp>
 #include <lagkv/simd/dispatch.hpp>
@@ -38,17 +39,6 @@ using lagkv::simd::target;
 constexpr index_t kHeads = 8, kTokens = 32768, kDim = 128, kLag = 128;
 constexpr index_t kBlocksPerRow = kDim / lagkv::kQ8BlockValues;
 
-std::uint64_t next(std::uint64_t& s) {
-  s ^= s << 13;
-  s ^= s >> 7;
-  s ^= s << 17;
-  return s;
-}
-float gaussianish(std::uint64_t& s) {  // sum of 4 uniforms: cheap, smooth, key-like enough
-  float a = 0.0f;
-  for (int i = 0; i < 4; ++i) a += static_cast<float>(next(s) >> 40) * (1.0f / 16777216.0f);
-  return (a - 2.0f) * 1.7f;
-}
 
 struct dataset {
   std::vector<f16> k16, v16;          // [H, S, D]

@@ -16,6 +16,7 @@
 #include <benchmark/benchmark.h>
 
 #include "rate_reporter.hpp"
+#include "synthetic.hpp"
 
 #include <lagkv/rope.hpp>
 
@@ -34,12 +35,6 @@ using lagkv::index_t;
 
 constexpr index_t kHeads = 8, kDim = 128, kKept = 4096;
 
-std::uint64_t next(std::uint64_t& s) {
-  s ^= s << 13;
-  s ^= s >> 7;
-  s ^= s << 17;
-  return s;
-}
 
 template <class T>
 struct layer {
@@ -54,12 +49,12 @@ layer<T>& data() {
     layer<T> d;
     std::uint64_t s = 0x9e3779b97f4a7c15ull;
     d.keys.resize(static_cast<std::size_t>(kKept * kHeads * kDim));
-    for (auto& x : d.keys) x = lagkv::from_float<T>(static_cast<float>(next(s) >> 40) * (1.0f / 8388608.0f) - 1.0f);
+    for (auto& x : d.keys) x = lagkv::from_float<T>(static_cast<float>(xorshift(s) >> 40) * (1.0f / 8388608.0f) - 1.0f);
     std::int64_t p = 0;
     for (index_t t = 0; t < kKept; ++t) {
       d.old_pos.push_back(p);
       d.new_pos.push_back(t);
-      p += t < 16 ? 1 : 1 + static_cast<std::int64_t>(next(s) % 3);  // gaps of 0..2 evicted tokens
+      p += t < 16 ? 1 : 1 + static_cast<std::int64_t>(xorshift(s) % 3);  // gaps of 0..2 evicted tokens
     }
     return d;
   }();

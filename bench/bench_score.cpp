@@ -22,6 +22,7 @@
 #include <benchmark/benchmark.h>
 
 #include "stream_read.hpp"
+#include "synthetic.hpp"
 
 #include <Eigen/Core>
 #include <lagkv/compact.hpp>
@@ -52,17 +53,6 @@ constexpr index_t kHeads = 8, kTokens = 32768;
 
 // ---- Data: one K and one V buffer [H, S, D] per (dtype, D), made on first use -----------------
 
-std::uint64_t next(std::uint64_t& s) {
-  s ^= s << 13;
-  s ^= s >> 7;
-  s ^= s << 17;
-  return s;
-}
-float gaussianish(std::uint64_t& s) {  // sum of 4 uniforms: cheap, smooth, key-like enough
-  float a = 0.0f;
-  for (int i = 0; i < 4; ++i) a += static_cast<float>(next(s) >> 40) * (1.0f / 16777216.0f);
-  return (a - 2.0f) * 1.7f;
-}
 
 template <class T>
 struct dataset {
@@ -293,7 +283,7 @@ std::vector<index_t> kept_rows(index_t tokens) {
   for (index_t c = 0; c + 128 <= tokens; c += 128) {
     std::vector<index_t> idx(128);
     for (index_t i = 0; i < 128; ++i) idx[static_cast<std::size_t>(i)] = c + i;
-    for (index_t i = 127; i > 0; --i) std::swap(idx[static_cast<std::size_t>(i)], idx[next(s) % static_cast<std::uint64_t>(i + 1)]);
+    for (index_t i = 127; i > 0; --i) std::swap(idx[static_cast<std::size_t>(i)], idx[xorshift(s) % static_cast<std::uint64_t>(i + 1)]);
     std::sort(idx.begin(), idx.begin() + 64);
     kept.insert(kept.end(), idx.begin(), idx.begin() + 64);
   }
