@@ -653,6 +653,33 @@ void sweep(const target_kernels& tk, const kv_view<const T>& x, index_t lag, ind
     sweep_forward<T>(tk, x, lag, chunks, w, accumulate, out, ws);
 }
 
+/// lagkv_score_head once its inputs are checked, for any cache format: the layout, one sequence
+/// scoring call over the scored span (`score_span(span, n, flat)`: tokens [p.sink, p.sink + span)
+/// of K and V, span = (n + 1) * lag, n chunks into flat), then the kept set of each chunk and the
+/// length after compression.
+template <class ScoreSpan>
+lagkv_head_result score_head_from_sequence(index_t tokens, const lagkv_params& p, ScoreSpan&& score_span) {
+  const lagkv_layout layout = lagkv_layout::of(tokens, p.sink, p.lag);
+  const index_t keep = p.keep_per_chunk(), n = layout.scored_chunks;
+  lagkv_head_result r;
+  r.chunk_scores.resize(static_cast<std::size_t>(n));
+  r.kept.resize(static_cast<std::size_t>(n * keep));
+  if (n > 0) {
+    std::vector<float> flat(static_cast<std::size_t>(n * p.lag));
+    score_span((n + 1) * p.lag, n, flat.data());
+    std::vector<index_t> scratch;
+    for (index_t c = 0; c < n; ++c) {
+      const float* s = flat.data() + c * p.lag;
+      r.chunk_scores[static_cast<std::size_t>(c)].assign(s, s + p.lag);
+      index_t* kept = r.kept.data() + c * keep;
+      select_top_k(s, p.lag, keep, kept, scratch);
+      for (index_t i = 0; i < keep; ++i) kept[i] += p.sink + c * p.lag;
+    }
+  }
+  r.cache_len = (tokens < p.sink ? tokens : p.sink) + n * keep + layout.tail;
+  return r;
+}
+
 }  // namespace detail
 }  // namespace simd
 
@@ -757,27 +784,10 @@ lagkv_head_result lagkv_score_head(kv_view<const T> k, kv_view<const T> v, const
     LAGKV_CHECK(v.tokens() == k.tokens(), "v.tokens=", v.tokens(), ": must equal k.tokens=", k.tokens());
     LAGKV_CHECK(v.head_dim() == k.head_dim(), "v.head_dim=", v.head_dim(), ": must equal k.head_dim=", k.head_dim());
   }
-  const lagkv_layout layout = lagkv_layout::of(k.tokens(), p.sink, p.lag);
-  const index_t keep = p.keep_per_chunk(), n = layout.scored_chunks;
-  lagkv_head_result r;
-  r.chunk_scores.resize(static_cast<std::size_t>(n));
-  r.kept.resize(static_cast<std::size_t>(n * keep));
-  if (n > 0) {
-    std::vector<float> flat(static_cast<std::size_t>(n * p.lag));
-    const index_t span = (n + 1) * p.lag;
+  return simd::detail::score_head_from_sequence(k.tokens(), p, [&](index_t span, index_t n, float* flat) {
     lagkv_sequence_scores<T>(k.slice(p.sink, span), use_v ? v.slice(p.sink, span) : kv_view<const T>(), p.lag, n,
-                             p.score_v_ratio, flat.data());
-    std::vector<index_t> scratch;
-    for (index_t c = 0; c < n; ++c) {
-      const float* s = flat.data() + c * p.lag;
-      r.chunk_scores[static_cast<std::size_t>(c)].assign(s, s + p.lag);
-      index_t* kept = r.kept.data() + c * keep;
-      select_top_k(s, p.lag, keep, kept, scratch);
-      for (index_t i = 0; i < keep; ++i) kept[i] += p.sink + c * p.lag;
-    }
-  }
-  r.cache_len = (k.tokens() < p.sink ? k.tokens() : p.sink) + n * keep + layout.tail;
-  return r;
+                             p.score_v_ratio, flat);
+  });
 }
 
 /// \brief Same contract as reference::l2norm_scores (out[t] = -||k[t]||_2), on the active target.

@@ -39,7 +39,6 @@
 #include "lagkv/q8_0.hpp"
 #include "lagkv/score/l2norm.hpp"
 #include "lagkv/score/lagkv.hpp"
-#include "lagkv/select.hpp"
 #include "lagkv/simd/common.hpp"
 #include "lagkv/simd/dispatch.hpp"
 #include "lagkv/simd/q8_0_scalar.hpp"
@@ -437,27 +436,10 @@ inline lagkv_head_result lagkv_score_head(q8_0_view k, q8_0_view v, const lagkv_
     LAGKV_CHECK(v.tokens() == k.tokens(), "v.tokens=", v.tokens(), ": must equal k.tokens=", k.tokens());
     simd::q8::detail::check_same_dim("v", v, k.head_dim());
   }
-  const lagkv_layout layout = lagkv_layout::of(k.tokens(), p.sink, p.lag);
-  const index_t keep = p.keep_per_chunk(), n = layout.scored_chunks;
-  lagkv_head_result r;
-  r.chunk_scores.resize(static_cast<std::size_t>(n));
-  r.kept.resize(static_cast<std::size_t>(n * keep));
-  if (n > 0) {
-    std::vector<float> flat(static_cast<std::size_t>(n * p.lag));
-    const index_t span = (n + 1) * p.lag;
+  return simd::detail::score_head_from_sequence(k.tokens(), p, [&](index_t span, index_t n, float* flat) {
     lagkv_sequence_scores(k.slice(p.sink, span), use_v ? v.slice(p.sink, span) : q8_0_view(), p.lag, n,
-                          p.score_v_ratio, flat.data());
-    std::vector<index_t> scratch;
-    for (index_t c = 0; c < n; ++c) {
-      const float* s = flat.data() + c * p.lag;
-      r.chunk_scores[static_cast<std::size_t>(c)].assign(s, s + p.lag);
-      index_t* kept = r.kept.data() + c * keep;
-      select_top_k(s, p.lag, keep, kept, scratch);
-      for (index_t i = 0; i < keep; ++i) kept[i] += p.sink + c * p.lag;
-    }
-  }
-  r.cache_len = (k.tokens() < p.sink ? k.tokens() : p.sink) + n * keep + layout.tail;
-  return r;
+                          p.score_v_ratio, flat);
+  });
 }
 
 /// \brief out[t] = -||k[t]||_2 of q8_0 rows (reference::l2norm_scores on the dequantised
